@@ -1,0 +1,105 @@
+"""Vision-language backbones: Qwen2.5-VL and Qwen3-VL from a local checkpoint, or the same classes
+built from tiny presets with random weights (tests, the laptop demo). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from lare.config import ModelConfig
+from lare.processor import LaReProcessor, tiny_tokenizer
+
+MODEL_CLASSES = {
+    "qwen2_vl": Qwen2VLForConditionalGeneration,
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "qwen3_vl": Qwen3VLForConditionalGeneration,
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _tiny_text(vocab_size: int, **extra) -> dict:
+    return dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                bos_token_id=None, eos_token_id=None, **extra)
+
+
+def _tiny_qwen25(vocab_size: int, ids: dict) -> Qwen2_5_VLConfig:
+    return Qwen2_5_VLConfig(
+        text_config=_tiny_text(vocab_size, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1], out_hidden_size=64),
+        **ids,
+    )
+
+
+def _tiny_qwen3(vocab_size: int, ids: dict) -> Qwen3VLConfig:
+    return Qwen3VLConfig(
+        text_config=_tiny_text(vocab_size, head_dim=16, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                           num_position_embeddings=256, deepstack_visual_indexes=[0]),
+        **ids,
+    )
+
+
+# name -> (config builder, image processor patch size, image mean/std)
+PRESETS = {
+    "tiny-qwen2.5-vl": (_tiny_qwen25, 14, None),
+    "tiny-qwen3-vl": (_tiny_qwen3, 16, (0.5, 0.5, 0.5)),
+}
+
+
+def _image_processor(patch_size: int, cfg: ModelConfig, mean_std) -> Qwen2VLImageProcessorPil:
+    kwargs = {}
+    if mean_std is not None:
+        kwargs = {"image_mean": list(mean_std), "image_std": list(mean_std)}
+    return Qwen2VLImageProcessorPil(size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels},
+                                    patch_size=patch_size, merge_size=2, temporal_patch_size=2, **kwargs)
+
+
+def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None) -> tuple[PreTrainedModel, LaReProcessor]:
+    """(Qwen-VL ForConditionalGeneration, processor) with the LaRe special tokens added and embeddings resized."""
+    attn = attn_implementation or cfg.attn_implementation
+    dtype = DTYPES[cfg.dtype]
+    if cfg.backbone in PRESETS:
+        build, patch_size, mean_std = PRESETS[cfg.backbone]
+        processor = LaReProcessor(tiny_tokenizer(), _image_processor(patch_size, cfg, mean_std), cfg.crop_max_pixels)
+        p = processor
+        ids = dict(image_token_id=p.image_token_id, video_token_id=p.ids["<|video_pad|>"],
+                   vision_start_token_id=p.vision_start_id, vision_end_token_id=p.vision_end_id)
+        config = build(len(p.tokenizer), ids)
+        config._attn_implementation = attn
+        config.text_config.pad_token_id = p.pad_id
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = MODEL_CLASSES[config.model_type](config)
+        return model.to(dtype), processor
+
+    path = Path(cfg.backbone)
+    if not (path / "config.json").is_file():
+        presets = ", ".join(PRESETS)
+        raise FileNotFoundError(f"model.backbone={cfg.backbone!r} is neither a preset ({presets}) nor a local "
+                                "checkpoint directory with a config.json (nothing is downloaded)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    if config.model_type not in MODEL_CLASSES:
+        raise ValueError(f"{path}: model_type {config.model_type!r} is not supported (expected one of {sorted(MODEL_CLASSES)})")
+    model = MODEL_CLASSES[config.model_type].from_pretrained(
+        path, local_files_only=True, trust_remote_code=False, dtype=dtype, attn_implementation=attn)
+    processor = LaReProcessor.from_pretrained(path, cfg.min_pixels, cfg.max_pixels, cfg.crop_max_pixels)
+    if model.get_input_embeddings().num_embeddings < len(processor.tokenizer):
+        model.resize_token_embeddings(len(processor.tokenizer))
+    return model, processor

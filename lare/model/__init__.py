@@ -1,0 +1,3 @@
+from lare.model.lare import ABLATIONS, LOSS_TERMS, LaReModel, LossOutput
+
+__all__ = ["ABLATIONS", "LOSS_TERMS", "LaReModel", "LossOutput"]

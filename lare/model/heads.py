@@ -1,0 +1,109 @@
+"""The small modules LaRe adds to a backbone: refocus, gated fusion, and the decoders of the
+semantic-augmentation objectives. Shapes: B batch, P visual tokens, D language-model width,
+H refocus heads, R = refocus width (H * head dim).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x [B, P, D], mask [B, P] -> [B, D] (mean over the masked-in rows; zero when none)."""
+    w = mask.to(x.dtype)
+    return (x * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+
+
+class Refocus(nn.Module):
+    """Saliency of the P visual tokens from the current reasoning state, and the read-out r_t.
+
+    scores:  s_t = (W_q h_t) . (W_k V) / sqrt(d)          [B, H, P]
+    weights: softmax over the sample's visual tokens, optionally only the top-k (by head-mean weight)
+    read:    r_t = softmax(s_t) . W_v V                    [B, R]
+    """
+
+    def __init__(self, d_model: int, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"refocus width {width} must be divisible by method.refocus_heads={heads}")
+        self.heads, self.head_dim = heads, width // heads
+        self.q = nn.Linear(d_model, width, bias=False)
+        self.k = nn.Linear(d_model, width, bias=False)
+        self.v = nn.Linear(d_model, width, bias=False)
+
+    def scores(self, h: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        B, P, _ = V.shape
+        q = self.q(h).view(B, self.heads, self.head_dim)
+        k = self.k(V).view(B, P, self.heads, self.head_dim)
+        return torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
+
+    @staticmethod
+    def weights(scores: torch.Tensor, vmask: torch.Tensor, top_k: int = 0) -> torch.Tensor:
+        """scores [B, H, P] -> attention weights [B, H, P], zero outside the sample's visual tokens."""
+        scores = scores.masked_fill(~vmask[:, None, :], float("-inf"))
+        if top_k and top_k < scores.shape[-1]:
+            mean = scores.softmax(-1).mean(1)                                  # [B, P]
+            keep = torch.zeros_like(vmask).scatter(1, mean.topk(top_k, dim=-1).indices, True) & vmask
+            scores = scores.masked_fill(~keep[:, None, :], float("-inf"))
+        return scores.softmax(-1)
+
+    def read(self, weights: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        B, P, _ = V.shape
+        v = self.v(V).view(B, P, self.heads, self.head_dim)
+        return torch.einsum("bhp,bphd->bhd", weights, v).reshape(B, -1)
+
+
+class GatedFusion(nn.Module):
+    """z_t = h_t + g_t * W_o r_t,  g_t = sigmoid(W_g [h_t; r_t])."""
+
+    def __init__(self, d_model: int, width: int):
+        super().__init__()
+        self.out = nn.Linear(width, d_model, bias=False)
+        self.gate = nn.Linear(d_model + width, d_model)
+
+    def forward(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(torch.cat([h, r], dim=-1)))
+        return h + g * self.out(r)
+
+
+class ReconDecoder(nn.Module):
+    """D: a latent back to the visual-embedding space it should describe (trained with 1 - cos)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class PixelDecoder(nn.Module):
+    """Renders the region a latent looked at as a small RGB image [3, S, S] in [0, 1] (L1 to the crop)."""
+
+    def __init__(self, d_model: int, size: int, channels: int = 32):
+        super().__init__()
+        if size % 8 or size < 8:
+            raise ValueError(f"method.pixel_size={size} must be a multiple of 8")
+        self.start, self.channels = size // 8, channels
+        self.fc = nn.Linear(d_model, channels * self.start * self.start)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.GELU(),
+            nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1), nn.GELU(),
+            nn.ConvTranspose2d(channels // 2, 3, 4, 2, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(-1, self.channels, self.start, self.start)
+        return torch.sigmoid(self.net(x))
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between matching rows of a and b [N, D]."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

@@ -1,0 +1,219 @@
+"""Text and image processing for Qwen-VL backbones, without torchvision.
+
+The stock Qwen processors bundle a video processor that needs torchvision; LaRe only needs images, so
+this processor pairs the tokenizer with Qwen's PIL image processor (`Qwen2VLImageProcessorPil`, the same
+dynamic-resolution resize and patchify). It also owns the prompt layout, the box text format and the
+tiny presets' tokenizer, trained offline with `tokenizers` on the trace vocabulary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+LARE_START, LARE_LATENT, LARE_END = "<|lare_start|>", "<|lare_latent|>", "<|lare_end|>"
+LARE_TOKENS = [LARE_START, LARE_LATENT, LARE_END]
+# The Qwen-VL specials the prompt layout relies on (real Qwen tokenizers already have them).
+QWEN_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>", "<|box_start|>", "<|box_end|>",
+]
+BOX_RE = re.compile(r"\((\d{1,4}),(\d{1,4})\),\((\d{1,4}),(\d{1,4})\)")
+ANSWER_PREFIX = "Answer: "
+
+
+def format_box(box) -> str:
+    """Normalised [x1, y1, x2, y2] -> Qwen-VL grounding text on the 0..1000 grid: (x1,y1),(x2,y2)."""
+    q = [min(1000, max(0, round(v * 1000))) for v in box]
+    return f"({q[0]},{q[1]}),({q[2]},{q[3]})"
+
+
+def parse_box(text: str) -> list[float] | None:
+    """Inverse of format_box; None when the text holds no well-formed, non-degenerate box."""
+    m = BOX_RE.search(text)
+    if not m:
+        return None
+    x1, y1, x2, y2 = (min(1000, int(v)) / 1000 for v in m.groups())
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return [x1, y1, x2, y2]
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Trace-like text: the words, numbers and formats that questions, steps and answers use."""
+    colours = "red green blue yellow purple orange cyan white black gray brown pink".split()
+    shapes = "circle square triangle star diamond hexagon rectangle shape shapes object objects".split()
+    places = ["top-left", "top-right", "bottom-left", "bottom-right", "left", "right", "above", "below",
+              "quarter", "half", "corner", "center", "middle", "top", "bottom", "directly", "next to"]
+    words = ("what which how many is are there the a an of in on at to it its this that colour color "
+             "larger smaller bigger than same as find look locate count compare answer question image "
+             "picture region yes no there step first then so and or not any other option options "
+             "does do has have with near between from").split()
+    lines = []
+    for c, s in itertools.product(colours, shapes):
+        lines += [f"What colour is the {s}?", f"Find the {c} {s}.", f"Is there a {c} {s} in the image?",
+                  f"What shape is directly right of the {c} {s}?", f"Look directly left of it: a {c} {s}."]
+    for p, c in itertools.product(places, colours):
+        lines += [f"How many {c} shapes are in the {p} quarter?", f"Count the {c} shapes in the {p} region."]
+    lines += [" ".join(words), " ".join(places), "A. B. C. D. Options:", "Answer: yes", "Answer: no"]
+    lines += [f"Answer: {n}" for n in range(20)] + [format_box([i / 97, j / 89, 0.9, 0.95]) for i in range(40) for j in range(3)]
+    lines += [str(n) for n in range(1001)]
+    return lines
+
+
+TINY_TOKENIZER = Path(__file__).parent / "assets" / "tiny_tokenizer.json"
+
+
+def train_tiny_tokenizer(vocab_size: int = 1024) -> Tokenizer:
+    """A byte-level BPE trained offline on the trace vocabulary (under a second).
+
+    Byte-level means any text still encodes (no unknown token), so other datasets work with it too.
+    BPE training is deterministic only single-threaded (RAYON_NUM_THREADS=1), so the presets load the
+    committed result, `lare/assets/tiny_tokenizer.json`; `python -m lare.processor` re-creates it.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=QWEN_SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    return tok
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_file(str(TINY_TOKENIZER)), eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", additional_special_tokens=QWEN_SPECIALS[1:],
+    )
+
+
+class LaReProcessor:
+    """Tokenizer + Qwen image processor + the prompt layout every paradigm shares.
+
+    Prompt: <|im_start|>user\n<|vision_start|><|image_pad|>*P<|vision_end|>{question}{options}<|im_end|>\n<|im_start|>assistant\n
+    """
+
+    def __init__(self, tokenizer, image_processor: Qwen2VLImageProcessorPil, crop_max_pixels: int | None = None):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.crop_max_pixels = crop_max_pixels or image_processor.size["longest_edge"] // 4
+        added = tokenizer.add_special_tokens({"additional_special_tokens": LARE_TOKENS}, replace_extra_special_tokens=False)
+        del added  # the caller resizes the embeddings to len(tokenizer)
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS + LARE_TOKENS}
+        missing = [t for t, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+        if missing:
+            raise ValueError(f"tokenizer lacks the Qwen-VL special tokens {missing}; is this a Qwen-VL checkpoint?")
+        self.ids = ids
+        self.pad_id = ids["<|endoftext|>"]
+        self.image_token_id = ids["<|image_pad|>"]
+        self.vision_start_id, self.vision_end_id = ids["<|vision_start|>"], ids["<|vision_end|>"]
+        self.box_start_id, self.box_end_id = ids["<|box_start|>"], ids["<|box_end|>"]
+        self.im_end_id = ids["<|im_end|>"]
+        self.lare_start_id, self.latent_id, self.lare_end_id = (ids[t] for t in LARE_TOKENS)
+        self.stop_ids = {self.im_end_id, self.pad_id}
+        if tokenizer.eos_token_id is not None:
+            self.stop_ids.add(tokenizer.eos_token_id)
+
+    # ---- images ---------------------------------------------------------------------------
+    @property
+    def patch_size(self) -> int:
+        return self.image_processor.patch_size
+
+    @property
+    def merge_size(self) -> int:
+        return self.image_processor.merge_size
+
+    @property
+    def token_pixels(self) -> int:
+        """Side in pixels (of the resized image) that one merged visual token covers: 28 for Qwen2.5-VL."""
+        return self.patch_size * self.merge_size
+
+    def images(self, images: list[Image.Image], max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """PIL images -> (pixel_values [sum patches, C*T*p*p], image_grid_thw [N, 3] in patches)."""
+        kwargs = {}
+        if max_pixels is not None:
+            kwargs["size"] = {"shortest_edge": min(self.image_processor.size["shortest_edge"], max_pixels),
+                              "longest_edge": max_pixels}
+        out = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt", **kwargs)
+        return out["pixel_values"], out["image_grid_thw"]
+
+    def num_visual_tokens(self, grid_thw: torch.Tensor) -> list[int]:
+        return (grid_thw.prod(-1) // self.merge_size**2).tolist()
+
+    # ---- text -----------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def image_ids(self, n_tokens: int) -> list[int]:
+        return [self.vision_start_id] + [self.image_token_id] * n_tokens + [self.vision_end_id]
+
+    def prompt_ids(self, question: str, choices: list[str], n_image_tokens: int) -> list[int]:
+        options = ""
+        if choices:
+            options = "\nOptions:\n" + "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+        return (self.encode("<|im_start|>user\n") + self.image_ids(n_image_tokens)
+                + self.encode(question + options + "<|im_end|>\n<|im_start|>assistant\n"))
+
+    def step_ids(self, text: str, box) -> list[int]:
+        """One CoT step as text; its box, when it has one, in Qwen-VL grounding form."""
+        ids = self.encode(text)
+        if box is not None:
+            ids += self.encode(" ") + [self.box_start_id] + self.encode(format_box(box)) + [self.box_end_id]
+        return ids + self.encode("\n")
+
+    def answer_ids(self, answer: str) -> tuple[list[int], list[int]]:
+        """(the 'Answer: ' lead-in, the answer itself + <|im_end|>): the latter is what answer CE scores."""
+        return self.encode(ANSWER_PREFIX), self.encode(answer) + [self.im_end_id]
+
+    @staticmethod
+    def extract_answer(text: str) -> str:
+        """The answer from generated text: what follows the last 'Answer:' up to the end marker."""
+        text = text.split("<|im_end|>")[0]
+        if "Answer:" in text:
+            text = text.rsplit("Answer:", 1)[1]
+        text = re.sub(r"<\|[a-z_]+\|>", " ", text)
+        return text.strip().strip(".").strip()
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+        (path / "lare_processor.json").write_text(json.dumps({"crop_max_pixels": self.crop_max_pixels}))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None,
+                        crop_max_pixels: int | None = None) -> "LaReProcessor":
+        path = Path(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        size = None
+        if min_pixels is not None and max_pixels is not None:
+            size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True, **({"size": size} if size else {}))
+        extra = path / "lare_processor.json"
+        if crop_max_pixels is None and extra.is_file():
+            crop_max_pixels = json.loads(extra.read_text())["crop_max_pixels"]
+        return cls(tokenizer, image_processor, crop_max_pixels)
+
+
+if __name__ == "__main__":
+    import os
+
+    if os.environ.get("RAYON_NUM_THREADS") != "1":
+        raise SystemExit("run as: RAYON_NUM_THREADS=1 python -m lare.processor  (BPE training is only deterministic single-threaded)")
+    TINY_TOKENIZER.parent.mkdir(parents=True, exist_ok=True)
+    train_tiny_tokenizer().save(str(TINY_TOKENIZER))
+    print(f"wrote {TINY_TOKENIZER}")
