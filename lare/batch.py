@@ -185,8 +185,9 @@ def build_batch(examples: list[Example], processor: LaReProcessor, cfg: Config,
         k, replaced = 0, 0
         if latent_mode:
             prefix = prefix + [p.lare_start_id]
-            k, replaced = (0, 0) if prompt_only else num_slots_for(len(ex.steps), cfg, stage)
-            add([p.lare_end_id], "")
+            if not prompt_only:
+                k, replaced = num_slots_for(len(ex.steps), cfg, stage)
+                add([p.lare_end_id], "")  # forced at inference, so not supervised
         if not prompt_only:
             for step in ex.steps[replaced:] if paradigm != "direct" else []:
                 ids = p.step_ids(step.text, step.box)

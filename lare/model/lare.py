@@ -194,10 +194,14 @@ class LaReModel(nn.Module):
             inputs_embeds=embeds, position_ids=positions, attention_mask=mask, cache=cache,
             use_cache=cache is not None, output_attentions=want_attn, **kwargs)
 
-    def encode_images(self, batch: Batch) -> VisualContext:
-        out = self.vlm.model.get_image_features(batch.pixel_values, batch.image_grid_thw)
-        features = list(out.pooler_output)
+    def encode_pixels(self, pixel_values, grid_thw) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Vision tower: per-image visual tokens [P_i, D] (after the merger) and Qwen3-VL's deepstack rows."""
+        out = self.vlm.model.get_image_features(pixel_values, grid_thw)
         deepstack = [torch.cat(f) for f in out.deepstack_features] if self.is_qwen3 else None
+        return list(out.pooler_output), deepstack
+
+    def encode_images(self, batch: Batch) -> VisualContext:
+        features, deepstack = self.encode_pixels(batch.pixel_values, batch.image_grid_thw)
         originals = [f for f, o in zip(features, batch.image_is_original.tolist()) if o]
         P = max(f.shape[0] for f in originals)
         V = features[0].new_zeros(len(originals), P, features[0].shape[-1])

@@ -1,0 +1,170 @@
+"""Greedy generation with the KV cache for every paradigm, with an exact token account per sample.
+
+direct / text_cot: prefill the prompt, decode.
+latent / lare:     prefill the prompt (it ends with <|lare_start|>), K latent steps (fewer only when a
+                   trained stop head ends a sample early, never more than method.max_latent_steps),
+                   then <|lare_end|> is forced and the answer decoded.
+crop:              decode; each time the model closes a box (<|box_end|>), the box is parsed, that region
+                   of the original image is re-encoded by the vision tower and its tokens appended.
+
+Token account (every position a sample costs falls in exactly one bucket):
+  visual       image tokens of the original image
+  prompt_text  every other prompt position: template, question, options, <|vision_start/end|>, <|lare_start|>
+  latent       latent positions
+  generated    tokens produced by decoding (the final stop token included) and the forced <|lare_end|>
+  crop_visual  positions appended by crops: <|vision_start|>, the crop's image tokens, <|vision_end|>
+  total        the sum
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lare.batch import Batch
+from lare.boxes import crop_box
+from lare.processor import parse_box
+
+TOKEN_KEYS = ("visual", "prompt_text", "latent", "generated", "crop_visual", "total")
+
+
+@dataclass
+class Generation:
+    ids: list[str]
+    texts: list[str]                       # the decoded continuation after the prompt
+    answers: list[str]                     # the answer extracted from it
+    tokens: list[dict[str, int]]           # the token account, TOKEN_KEYS
+    refocus: list[torch.Tensor | None]     # lare: [latent steps, grid rows, grid cols] attention per sample
+    boxes: list[list[list[float]]]         # crop: the boxes re-encoded, per sample
+
+
+@torch.no_grad()
+def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: bool = True,
+             ablation: str = "none") -> Generation:
+    """`batch` is a prompt batch: build_batch(..., prompt_only=True)."""
+    from lare.model.lare import ABLATIONS, DecodeState, _image_positions
+
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    p, m, data = model.processor, model.cfg.method, model.cfg.data
+    latent_mode = model.paradigm in ("latent", "lare")
+    budget = max_new_tokens or (data.max_answer_tokens if latent_mode else data.max_new_tokens)
+    B = batch.size
+    device = batch.input_ids.device
+
+    ctx = model.encode_images(batch)
+    embeds = model.embed(batch.input_ids, ctx.features)
+    positions = model.rope_positions(batch.input_ids, batch.mm_token_type_ids, batch.image_grid_thw, batch.attention_mask)
+    state = DecodeState(model, kv_cache)
+    want_attn = latent_mode and model.paradigm == "lare" and m.refocus == "lm_attention"
+    vis, ds = model.deepstack_rows(ctx, batch.input_ids, 0, batch.input_ids.shape[1])
+    hidden, lm_attn = state.append(embeds, positions, batch.attention_mask, vis, ds, want_attn)
+    h = hidden[:, -1]
+    next_pos = positions.masked_fill(batch.attention_mask[None] == 0, -1).amax(dim=(0, 2)) + 1   # [B]
+
+    n_visual = ctx.vmask.sum(1)
+    account = {
+        "visual": n_visual,
+        "prompt_text": batch.attention_mask.sum(1) - n_visual,
+        "latent": torch.zeros(B, dtype=torch.long, device=device),
+        "generated": torch.zeros(B, dtype=torch.long, device=device),
+        "crop_visual": torch.zeros(B, dtype=torch.long, device=device),
+    }
+
+    def append(feeds: list[list[int]], crops: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None):
+        """Append each sample's new tokens (crop images included) in one forward; update h and positions."""
+        nonlocal h
+        c = max(len(f) for f in feeds)
+        if c == 0:
+            return
+        ids = torch.full((B, c), p.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros(B, c, dtype=torch.long, device=device)
+        for b, f in enumerate(feeds):
+            if f:
+                ids[b, : len(f)] = torch.tensor(f, device=device)
+                mask[b, : len(f)] = 1
+        features, deepstack, grids = [], None, None
+        if crops:
+            order = sorted(crops)
+            pv = torch.cat([crops[b][0] for b in order]).to(device)
+            grids = torch.stack([crops[b][1] for b in order]).to(device)
+            features, deepstack = model.encode_pixels(pv, grids)
+        chunk_embeds = model.embed(ids, features)
+        if crops:  # relative M-RoPE positions of the chunk from the model's helper, then shifted
+            rel = model.rope_positions(ids, (ids == p.image_token_id).long(), grids, mask)
+        else:
+            rel = torch.arange(c, device=device)[None, None, :].expand(3, B, c)
+        pos = rel + next_pos[None, :, None]
+        vis_mask = (ids == p.image_token_id) if deepstack is not None else None
+        out, _ = state.append(chunk_embeds, pos, mask, vis_mask, deepstack)
+        lengths = mask.sum(1)
+        has = lengths > 0
+        last = out[torch.arange(B, device=device), (lengths - 1).clamp_min(0)]
+        h = torch.where(has[:, None], last, h)
+        span = rel.masked_fill(mask[None] == 0, -1).amax(dim=(0, 2)) + 1
+        next_pos.add_(torch.where(has, span, torch.zeros_like(span)))
+
+    refocus = [None] * B
+    if latent_mode:
+        K = m.latent_steps
+        image_positions = _image_positions(batch.input_ids, p.image_token_id, ctx.vmask)
+        slot_mask = torch.ones(B, K, dtype=torch.bool, device=device)
+        start = next_pos.clone()
+        h, _, weights, _, used = model.run_latents(
+            state, h, lm_attn, ctx, image_positions, lambda t: (start + t)[None, :, None].expand(3, B, 1),
+            slot_mask, ablation, adaptive=m.adaptive_stop)
+        account["latent"] = used.sum(1)
+        next_pos.add_(account["latent"])
+        if weights is not None:
+            for b in range(B):
+                gh, gw = ctx.grid_hw[b].tolist()
+                refocus[b] = weights[b, used[b], : gh * gw].reshape(-1, gh, gw).float().cpu()
+        append([[p.lare_end_id]] * B)
+        account["generated"] += 1
+
+    out_ids: list[list[int]] = [[] for _ in range(B)]
+    boxes: list[list[list[float]]] = [[] for _ in range(B)]
+    finished = [False] * B
+    for _ in range(budget):
+        tokens = model.vlm.lm_head(h).argmax(-1).tolist()
+        feeds: list[list[int]] = [[] for _ in range(B)]
+        crops = {}
+        for b, tok in enumerate(tokens):
+            if finished[b]:
+                continue
+            out_ids[b].append(tok)
+            account["generated"][b] += 1
+            if tok in p.stop_ids:
+                finished[b] = True
+                continue
+            feeds[b] = [tok]
+            if model.paradigm == "crop" and tok == p.box_end_id:
+                box = _last_box(out_ids[b], p)
+                if box is not None:
+                    example = batch.examples[b]
+                    pv, grid = p.images([crop_box(example.image, box)], max_pixels=p.crop_max_pixels)
+                    crops[b] = (pv, grid[0])
+                    boxes[b].append(box)
+                    inserted = p.image_ids(p.num_visual_tokens(grid)[0])
+                    feeds[b] += inserted
+                    account["crop_visual"][b] += len(inserted)
+        if all(finished):
+            break
+        append(feeds, crops)
+
+    tokens_out = []
+    for b in range(B):
+        row = {k: int(account[k][b]) for k in TOKEN_KEYS[:-1]}
+        row["total"] = sum(row.values())
+        tokens_out.append(row)
+    texts = [p.decode(ids) for ids in out_ids]
+    return Generation(batch.ids, texts, [p.extract_answer(t) for t in texts], tokens_out, refocus, boxes)
+
+
+def _last_box(ids: list[int], p) -> list[float] | None:
+    """The box text between the last <|box_start|> and the <|box_end|> just generated."""
+    if p.box_start_id not in ids:
+        return None
+    start = len(ids) - 1 - ids[::-1].index(p.box_start_id)
+    return parse_box(p.decode(ids[start + 1:-1]))

@@ -1,0 +1,255 @@
+"""The LaRe model on both tiny backbones: every paradigm, the latent loop, the losses, save/load, errors."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import BACKBONES, record, tiny_config
+from lare.batch import TraceError, build_batch, example_from_record
+from lare.model import LaReModel
+
+PARADIGMS = ["direct", "text_cot", "crop", "latent", "lare"]
+
+
+def build(backbone="tiny-qwen2.5-vl", paradigm="lare", *overrides):
+    cfg = tiny_config(backbone, paradigm, *overrides)
+    return LaReModel.build(cfg), cfg
+
+
+def examples(records, max_steps=3):
+    return [example_from_record(r, max_steps) for r in records]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("paradigm", PARADIGMS)
+def test_every_paradigm_trains_on_a_padded_batch_of_different_image_sizes(backbone, paradigm, records):
+    model, cfg = build(backbone, paradigm)
+    batch = build_batch(examples(records), model.processor, cfg)
+    assert batch.image_grid_thw[:3].tolist() != [batch.image_grid_thw[0].tolist()] * 3  # sizes differ
+    out = model(batch)
+    assert math.isfinite(out.loss.item()) and out.num_tokens > 0
+    assert math.isfinite(out.terms["answer_ce"])
+    out.loss.backward()
+    lm = model.vlm.model.language_model
+    assert lm.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert model.vlm.model.visual.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    if paradigm == "crop":
+        assert (~batch.image_is_original).sum() == 5  # one crop per boxed step: 1 + 2 + 2
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_gradients_reach_refocus_and_reconstruction_through_the_cache(backbone, records):
+    # Only the answer/text CE: the refocus parameters can get a gradient only through the latent
+    # positions' keys and values in the KV cache.
+    model, cfg = build(backbone, "lare", "method.focus_weight=0", "method.recon_weight=1")
+    batch = build_batch(examples(records), model.processor, cfg)
+    out = model(batch)
+    ce_only = out.loss - 1.0 * out.terms["recon"]  # same graph minus a constant
+    grads = torch.autograd.grad(ce_only, [model.refocus.q.weight, model.refocus.k.weight, model.refocus.v.weight,
+                                          model.fusion.gate.weight], allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    model.zero_grad()
+    model(batch).loss.backward()
+    for p in list(model.recon.parameters()) + list(model.refocus.parameters()) + list(model.fusion.parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("paradigm, refocus", [("latent", "cross_attention"), ("lare", "cross_attention"), ("lare", "lm_attention")])
+def test_kv_cached_latent_loop_equals_naive_reforward(backbone, paradigm, refocus, records):
+    model, cfg = build(backbone, paradigm, f"method.refocus={refocus}", "method.latent_steps=4")
+    model.eval()
+    for stage in (1, None):
+        batch = build_batch(examples(records), model.processor, cfg, stage=stage)
+        assert batch.num_slots > 0
+        cached = model(batch, return_logits=True)
+        naive = model(batch, kv_cache=False, return_logits=True)
+        torch.testing.assert_close(cached.logits, naive.logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(cached.loss, naive.loss, atol=1e-5, rtol=1e-5)
+    prompts = build_batch(examples(records), model.processor, cfg, prompt_only=True)
+    g_cached = model(prompts, mode="generate", max_new_tokens=6)
+    g_naive = model(prompts, mode="generate", max_new_tokens=6, kv_cache=False)
+    assert g_cached.texts == g_naive.texts and g_cached.tokens == g_naive.tokens
+    if paradigm == "lare":
+        for a, b in zip(g_cached.refocus, g_naive.refocus):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_curriculum_replaces_exactly_the_first_steps(records):
+    model, cfg = build("tiny-qwen2.5-vl", "lare", "method.latents_per_step=2", "method.latent_steps=5")
+    p = model.processor
+    exs = examples(records)
+    for stage in range(cfg.final_stage + 1):
+        batch = build_batch(exs, p, cfg, stage=stage)
+        for b, ex in enumerate(exs):
+            n = len(ex.steps)
+            replaced = n if stage >= cfg.final_stage else min(stage, n)
+            k = 5 if stage >= cfg.final_stage else 2 * replaced
+            assert int(batch.slot_mask[b].sum()) == k
+            P, K = batch.prefix_len, batch.num_slots
+            assert (batch.input_ids[b, P:P + k] == p.latent_id).all()
+            assert batch.attention_mask[b, P:P + k].all() and not batch.attention_mask[b, P + k:P + K].any()
+            suffix = p.decode(batch.input_ids[b, P + K:][batch.attention_mask[b, P + K:].bool()].tolist())
+            assert suffix.startswith("<|lare_end|>")
+            for i, step in enumerate(ex.steps):
+                assert (step.text in suffix) == (i >= replaced), (stage, i, suffix)
+            assert suffix.endswith(f"Answer: {ex.answer}<|im_end|>")
+            # slot j stands for step floor(j * replaced / k): its region is that step's box
+            for j in range(k):
+                step = ex.steps[(j * replaced) // k]
+                assert bool(batch.slot_has_box[b, j]) == (step.box is not None)
+
+
+def test_labels_supervise_text_and_answer_but_not_forced_or_visual_tokens(records):
+    model, cfg = build("tiny-qwen2.5-vl", "crop")
+    p = model.processor
+    batch = build_batch(examples(records), p, cfg)
+    supervised = batch.labels != -100
+    for forced in (p.image_token_id, p.vision_start_id, p.vision_end_id, p.pad_id):
+        assert not supervised[batch.input_ids == forced].any()
+    for b, ex in enumerate(batch.examples):
+        answer = p.decode(batch.labels[b][batch.answer_mask[b]].tolist())
+        assert answer == ex.answer + "<|im_end|>"
+
+
+def test_token_account_is_exact_on_a_hand_counted_example():
+    # 56x56 image on Qwen2.5-VL: 4x4 patches of 14 px -> 2x2 = 4 visual tokens.
+    # Prompt text (counted by hand from the tokenizer): "<|im_start|>" "u" "s" "e" "r" "\n" (6),
+    # <|vision_start|> <|vision_end|> (2), "H" "i" "?" "<|im_end|>" "\n" "<|im_start|>" "a" "s" "s" "i" "st"
+    # "an" "t" "\n" (14), <|lare_start|> (1): 23.
+    model, cfg = build("tiny-qwen2.5-vl", "lare", "method.latent_steps=3")
+    p = model.processor
+    ex = examples([record("h", 56, 56, question="Hi?", steps=[])])
+    script = [p.encode("red")[0], p.encode("red")[1], p.im_end_id, 5, 5]
+    calls = []
+
+    def scripted(module, inputs, output):
+        out = torch.full_like(output, -1e4)
+        out[..., script[len(calls)]] = 0
+        calls.append(1)
+        return out
+
+    model.vlm.lm_head.register_forward_hook(scripted)
+    gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=10)
+    # generated: "re" "d" <|im_end|> (3) + the forced <|lare_end|> (1)
+    assert gen.tokens[0] == {"visual": 4, "prompt_text": 23, "latent": 3, "generated": 4, "crop_visual": 0, "total": 34}
+    assert gen.answers == ["red"] and gen.refocus[0].shape == (3, 2, 2)
+
+
+def test_crop_generation_reencodes_the_predicted_box_and_counts_it():
+    model, cfg = build("tiny-qwen2.5-vl", "crop")
+    p = model.processor
+    ex = examples([record("c", 56, 56, question="Hi?", steps=[])])
+    box_text = p.encode("(0,0),(500,500)")
+    script = [*p.encode("Find it. "), p.box_start_id, *box_text, p.box_end_id, *p.encode("\nAnswer: red"), p.im_end_id]
+    calls = []
+
+    def scripted(module, inputs, output):
+        out = torch.full_like(output, -1e4)
+        out[..., script[len(calls)]] = 0
+        calls.append(1)
+        return out
+
+    model.vlm.lm_head.register_forward_hook(scripted)
+    gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=40)
+    assert gen.boxes == [[[0.0, 0.0, 0.5, 0.5]]]
+    # the 28x28 crop is resized up to the 56x56 minimum: 4 tokens + <|vision_start|> + <|vision_end|>
+    assert gen.tokens[0]["crop_visual"] == 6
+    assert gen.tokens[0]["generated"] == len(script)
+    assert gen.tokens[0]["prompt_text"] == 22 and gen.tokens[0]["visual"] == 4
+    assert gen.answers == ["red"]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_save_and_load_give_identical_outputs(backbone, records, tmp_path):
+    model, cfg = build(backbone, "lare", "method.pixel_decoder=true", "method.adaptive_stop=true")
+    model.eval()
+    batch = build_batch(examples(records), model.processor, cfg)
+    model.save_pretrained(tmp_path / "m")
+    loaded = LaReModel.from_pretrained(tmp_path / "m").eval()
+    assert loaded.cfg == cfg
+    a, b = model(batch, return_logits=True), loaded(batch, return_logits=True)
+    assert torch.equal(a.logits, b.logits)
+    assert a.terms.keys() == b.terms.keys()
+    assert all(a.terms[k] == b.terms[k] or (math.isnan(a.terms[k]) and math.isnan(b.terms[k])) for k in a.terms)
+    prompts = build_batch(examples(records), model.processor, cfg, prompt_only=True)
+    assert model(prompts, mode="generate").texts == loaded(prompts, mode="generate").texts
+    assert (tmp_path / "m" / "lare_heads.safetensors").is_file() and (tmp_path / "m" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(image=None), "field 'image': no image"),
+    (dict(image=b"not a png"), "field 'image': not a readable image"),
+    (dict(question="  "), "field 'question' is empty"),
+    (dict(answer=""), "field 'answer' is empty"),
+    (dict(steps=[{"text": "a", "bbox": [0.1, 0.1, 1.5, 0.2]}]), r"steps\[0\].bbox.*outside \[0, 1\]"),
+    (dict(steps=[{"text": "a", "bbox": [0.3, 0.1, 0.3, 0.2]}]), r"steps\[0\].bbox.*degenerate"),
+    (dict(steps=[{"text": "s", "bbox": None}] * 4), "4 steps, more than the configured maximum data.max_steps=3"),
+    (dict(steps=[{"text": "", "bbox": None}]), r"steps\[0\].text' is empty"),
+])
+def test_bad_input_names_record_and_field(change, message):
+    rec = record("bad-1")
+    rec.update(change)
+    with pytest.raises(TraceError, match=message) as err:
+        example_from_record(rec, max_steps=3, source="traces/train/part-0.parquet")
+    assert "record bad-1" in str(err.value) and "traces/train/part-0.parquet" in str(err.value)
+
+
+def test_ablations_change_what_the_latents_carry(records):
+    model, cfg = build("tiny-qwen2.5-vl", "lare")
+    model.eval()
+    batch = build_batch(examples(records), model.processor, cfg)
+    base = model(batch, return_logits=True).logits
+    for ablation in ("zero_latents", "uniform_refocus", "shuffle_refocus"):
+        other = model(batch, return_logits=True, ablation=ablation).logits
+        assert not torch.allclose(base, other), ablation
+    prompts = build_batch(examples(records), model.processor, cfg, prompt_only=True)
+    uniform = model(prompts, mode="generate", ablation="uniform_refocus", max_new_tokens=2).refocus
+    for maps in uniform:
+        torch.testing.assert_close(maps, torch.full_like(maps, 1 / maps[0].numel()))
+    normal = model(prompts, mode="generate", max_new_tokens=2).refocus
+    shuffled = model(prompts, mode="generate", ablation="shuffle_refocus", max_new_tokens=2).refocus
+    # sample 0 looks where sample 1 looked (same 1x... grid resampled), not where it looked itself
+    assert not torch.allclose(shuffled[0], normal[0])
+    for maps in shuffled:
+        torch.testing.assert_close(maps.sum((1, 2)), torch.ones(maps.shape[0]))
+
+
+def test_top_k_restricts_the_refocus_to_k_tokens(records):
+    model, cfg = build("tiny-qwen2.5-vl", "lare", "method.top_k=3")
+    prompts = build_batch(examples(records), model.processor, cfg, prompt_only=True)
+    for maps in model(prompts, mode="generate", max_new_tokens=1).refocus:
+        assert ((maps > 0).flatten(1).sum(1) <= 3).all()
+
+
+def test_adaptive_stop_ends_latents_early_under_the_cap(records):
+    model, cfg = build("tiny-qwen2.5-vl", "lare", "method.adaptive_stop=true", "method.latent_steps=4")
+    batch = build_batch(examples(records), model.processor, cfg)
+    assert math.isfinite(model(batch).terms["stop"])
+    prompts = build_batch(examples(records), model.processor, cfg, prompt_only=True)
+    with torch.no_grad():
+        model.stop.bias.fill_(-50)  # never stops: the configured K
+        assert [t["latent"] for t in model(prompts, mode="generate", max_new_tokens=1).tokens] == [4, 4, 4]
+        model.stop.bias.fill_(50)   # stops after the first latent
+        assert [t["latent"] for t in model(prompts, mode="generate", max_new_tokens=1).tokens] == [1, 1, 1]
+
+
+def test_semantic_augmentation_terms_train_their_heads(records):
+    model, cfg = build("tiny-qwen3-vl", "lare", "method.pixel_decoder=true", "method.align_weight=0.1")
+    batch = build_batch(examples(records), model.processor, cfg)
+    assert batch.region_pixels is not None and batch.region_pixels.shape[-1] == cfg.method.pixel_size
+    out = model(batch)
+    for term in ("answer_ce", "text_ce", "recon", "focus", "align", "pixel"):
+        assert math.isfinite(out.terms[term]), term
+    out.loss.backward()
+    for head in (model.pixel, model.align, model.recon):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_latent_paradigm_is_coconut(records):
+    model, cfg = build("tiny-qwen2.5-vl", "latent")
+    assert model.refocus is None and model.fusion is None
+    h = torch.randn(2, model.text_config.hidden_size)
+    z, weights = model.latent_input(h, ctx=None)
+    assert torch.equal(z, h) and weights is None

@@ -1,0 +1,39 @@
+import json
+import os
+import subprocess
+import sys
+
+from lare.processor import TINY_TOKENIZER, LaReProcessor, format_box, parse_box, tiny_tokenizer
+
+
+def test_committed_tokenizer_is_what_offline_training_produces(tmp_path):
+    script = ("from lare.processor import train_tiny_tokenizer; import sys; "
+              "train_tiny_tokenizer().save(sys.argv[1])")
+    out = tmp_path / "tok.json"
+    env = dict(os.environ, RAYON_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, cwd=os.getcwd())
+    fresh, committed = json.loads(out.read_text()), json.loads(TINY_TOKENIZER.read_text())
+    assert fresh["model"]["vocab"] == committed["model"]["vocab"]
+    assert fresh["model"]["merges"] == committed["model"]["merges"]
+
+
+def test_box_text_round_trip_and_rejects():
+    box = [0.125, 0.25, 0.5, 0.875]
+    assert format_box(box) == "(125,250),(500,875)"
+    assert parse_box("look " + format_box(box) + " there") == box
+    assert parse_box("(500,250),(125,875)") is None  # x2 < x1
+    assert parse_box("no box here") is None
+
+
+def test_prompt_layout_and_answer_extraction():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    p = LaReProcessor(tiny_tokenizer(), Qwen2VLImageProcessorPil())
+    ids = p.prompt_ids("Which colour?", ["red", "blue"], n_image_tokens=3)
+    assert ids.count(p.image_token_id) == 3
+    text = p.decode(ids)
+    assert text.startswith("<|im_start|>user\n<|vision_start|>") and "A. red\nB. blue" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    assert p.tokenizer.decode(p.encode("Find the red circle.")) == "Find the red circle."  # byte-level: lossless
+    assert LaReProcessor.extract_answer("Find it. <|box_start|>(1,2),(3,4)<|box_end|>\nAnswer: blue.<|im_end|>") == "blue"
+    assert LaReProcessor.extract_answer("<|lare_end|>Answer: 3<|im_end|>junk") == "3"
