@@ -1,0 +1,169 @@
+"""What latent refocusing costs on the tiny preset (CPU).
+
+(a) one training step (forward, backward, AdamW) of `lare` with K latent slots against `text_cot` whose
+    reasoning is K text tokens: the same sequence length, but LaRe's latents run one position at a time.
+(b) generation with K latent steps: the KV-cached loop against the naive loop that re-runs the whole
+    sequence for every latent step and every answer token.
+
+Prints a table and writes bench/results/latent_cost.json. Timings are medians over repeats, the four variants timed
+in turn within each repeat, so load on a shared machine hits them alike and the ratios compare like with like.
+
+    python bench/latent_cost.py [--ks 4 8] [--batch 8] [--repeats 15] [--backbone tiny-qwen2.5-vl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from lare.batch import build_batch, example_from_record  # noqa: E402
+from lare.config import load_config  # noqa: E402
+from lare.model import LaReModel  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "latent_cost.json"
+
+
+def make_records(n: int, image_size: int, seed: int = 0) -> list[dict]:
+    """n traces with a square image and one step (its text is sized per paradigm below)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)).save(buf, "PNG")
+        records.append(dict(id=f"b{i}", image=buf.getvalue(), question="What colour is the star?", answer="red",
+                            steps=[{"text": "a", "bbox": None}]))
+    return records
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each function, timed alternately so load on a shared machine hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def config(args, *overrides):
+    side = args.image_size
+    return load_config(None, [f"model.backbone={args.backbone}", f"model.max_pixels={side * side}", *overrides])
+
+
+def train_step(paradigm: str, K: int, records, args):
+    """(a closure doing one optimizer step, the reasoning length in positions)."""
+    cfg = config(args, f"method.paradigm={paradigm}", f"method.latent_steps={K}", "method.latents_per_step=1",
+                 "data.max_steps=1")
+    model = LaReModel.build(cfg).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = build_batch([example_from_record(r, 1) for r in records], model.processor, cfg, stage=None)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        optimizer.step()
+
+    reasoning = int(batch.num_slots) if paradigm == "lare" else _reasoning_tokens(batch, model)
+    return step, reasoning
+
+
+def _reasoning_tokens(batch, model) -> int:
+    """Supervised text tokens before 'Answer:' in the first sample (the text CoT's reasoning length)."""
+    labels = batch.labels[0][batch.labels[0] != -100].tolist()
+    lead = model.processor.encode("Answer: ")
+    for i in range(len(labels) - len(lead) + 1):
+        if labels[i:i + len(lead)] == lead:
+            return i
+    return len(labels)
+
+
+def inference(K: int, records, args, kv_cache: bool):
+    cfg = config(args, "method.paradigm=lare", f"method.latent_steps={K}")
+    model = LaReModel.build(cfg).eval()
+    prompts = build_batch([example_from_record(r, 3) for r in records], model.processor, cfg, prompt_only=True)
+    return lambda: model(prompts, mode="generate", max_new_tokens=args.answer_tokens, kv_cache=kv_cache)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ks", type=int, nargs="+", default=[4, 8], help="latent step counts K")
+    ap.add_argument("--image-sizes", type=int, nargs="+", default=[224, 448],
+                    help="square image sides; 224 (the refocus benchmark) = 64 visual tokens, 448 = 256")
+    ap.add_argument("--batch", type=int, default=8, help="samples per batch")
+    ap.add_argument("--repeats", type=int, default=15, help="timed repeats (median reported)")
+    ap.add_argument("--answer-tokens", type=int, default=4, help="answer tokens decoded after the latents")
+    ap.add_argument("--backbone", default="tiny-qwen2.5-vl")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    result = {"backbone": args.backbone, "batch": args.batch, "threads": args.threads, "answer_tokens": args.answer_tokens,
+              "repeats": args.repeats, "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "by_image_size": {}}
+    print(f"latent cost, {args.backbone}, batch {args.batch}, {args.threads} thread(s), median of {args.repeats}")
+    print(f"{'px':>4} {'K':>3} {'lare pos':>8} {'cot tok':>7} {'lare ms':>8} {'cot ms':>8} {'ratio':>6} "
+          f"{'kv ms':>8} {'naive ms':>9} {'speedup':>7}")
+    for size in args.image_sizes:
+        args.image_size = size
+        per_k = result["by_image_size"][str(size)] = {}
+        for K in args.ks:
+            records = make_records(args.batch, size)
+            lare_step, k_lare = train_step("lare", K, records, args)
+            cot_step, k_text = train_step("text_cot", K, _fit_reasoning(records, K, args), args)
+            t = interleaved_medians({"lare": lare_step, "text_cot": cot_step,
+                                     "kv": inference(K, records, args, kv_cache=True),
+                                     "naive": inference(K, records, args, kv_cache=False)}, args.repeats)
+            t_lare, t_text, t_kv, t_naive = t["lare"], t["text_cot"], t["kv"], t["naive"]
+            per_k[str(K)] = {"train_step_s_lare": t_lare, "train_step_s_textcot": t_text,
+                             "reasoning_positions_lare": k_lare, "reasoning_tokens_textcot": k_text,
+                             "train_step_ratio_lare_over_textcot": t_lare / t_text,
+                             "infer_s_kv": t_kv, "infer_s_naive": t_naive, "infer_speedup_kv_over_naive": t_naive / t_kv}
+            print(f"{size:>4} {K:>3} {k_lare:>8} {k_text:>7} {t_lare * 1e3:>8.1f} {t_text * 1e3:>8.1f} {t_lare / t_text:>6.2f} "
+                  f"{t_kv * 1e3:>8.1f} {t_naive * 1e3:>9.1f} {t_naive / t_kv:>7.2f}")
+
+    # Headline keys: the bundled default's image size (the first one), per K.
+    default = result["by_image_size"][str(args.image_sizes[0])]
+    result["image_size"] = args.image_sizes[0]
+    result["train_step_ratio_lare_over_textcot"] = {k: v["train_step_ratio_lare_over_textcot"] for k, v in default.items()}
+    result["infer_speedup_kv_over_naive"] = {k: v["infer_speedup_kv_over_naive"] for k, v in default.items()}
+    result["targets"] = {"train_step_ratio_lare_over_textcot at K=8": "<= 1.5", "infer_speedup_kv_over_naive at K=8": ">= 2"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+def _fit_reasoning(records, K: int, args) -> list[dict]:
+    """Make the text CoT's reasoning exactly K tokens: step text + '\\n' (the words are single tokens)."""
+    from lare.backbone import load_backbone
+    from lare.config import ModelConfig
+
+    _, processor = load_backbone(ModelConfig(backbone=args.backbone))
+    out = []
+    for r in records:
+        words = max(1, K)
+        while words > 1 and len(processor.step_ids(" ".join(["a"] * words), None)) > K:
+            words -= 1
+        out.append({**r, "steps": [{"text": " ".join(["a"] * words), "bbox": None}]})
+    return out
+
+
+if __name__ == "__main__":
+    main()
