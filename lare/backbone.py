@@ -56,10 +56,55 @@ def _tiny_qwen3(vocab_size: int, ids: dict) -> Qwen3VLConfig:
     )
 
 
-# name -> (config builder, image processor patch size, image mean/std)
+def _qwen25(text: dict, vision: dict):
+    def build(vocab_size: int, ids: dict) -> Qwen2_5_VLConfig:
+        return Qwen2_5_VLConfig(
+            text_config=dict(text, vocab_size=max(vocab_size, text["vocab_size"]), bos_token_id=None, eos_token_id=None,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+            vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, **vision),
+            tie_word_embeddings=text.get("tie_word_embeddings", False), **ids)
+    return build
+
+
+def _qwen3(text: dict, vision: dict):
+    def build(vocab_size: int, ids: dict) -> Qwen3VLConfig:
+        return Qwen3VLConfig(
+            text_config=dict(text, vocab_size=max(vocab_size, text["vocab_size"]), head_dim=128, bos_token_id=None,
+                             eos_token_id=None, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                                "mrope_section": [24, 20, 20], "mrope_interleaved": True}),
+            vision_config=dict(patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                               **vision),
+            tie_word_embeddings=text.get("tie_word_embeddings", False), **ids)
+    return build
+
+
+_Q25_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, fullatt_block_indexes=[7, 15, 23, 31])
+_Q3_MEAN_STD = (0.5, 0.5, 0.5)
+
+# name -> (config builder, image processor patch size, image mean/std). The `random-*` presets have the published
+# architectures of the real checkpoints with random weights and the tiny tokenizer: for dry runs (meta device),
+# GPU benchmarks and smoke tests of the multi-GPU path when no checkpoint is on the machine.
 PRESETS = {
     "tiny-qwen2.5-vl": (_tiny_qwen25, 14, None),
-    "tiny-qwen3-vl": (_tiny_qwen3, 16, (0.5, 0.5, 0.5)),
+    "tiny-qwen3-vl": (_tiny_qwen3, 16, _Q3_MEAN_STD),
+    "random-qwen2.5-vl-3b": (_qwen25(
+        dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+             num_key_value_heads=2, max_position_embeddings=128000, tie_word_embeddings=True),
+        dict(_Q25_VISION, out_hidden_size=2048)), 14, None),
+    "random-qwen2.5-vl-7b": (_qwen25(
+        dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+             num_key_value_heads=4, max_position_embeddings=128000),
+        dict(_Q25_VISION, out_hidden_size=3584)), 14, None),
+    "random-qwen3-vl-4b": (_qwen3(
+        dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+             num_key_value_heads=8, max_position_embeddings=262144, tie_word_embeddings=True),
+        dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
+             deepstack_visual_indexes=[5, 11, 17])), 16, _Q3_MEAN_STD),
+    "random-qwen3-vl-8b": (_qwen3(
+        dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+             num_key_value_heads=8, max_position_embeddings=262144),
+        dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+             deepstack_visual_indexes=[8, 16, 24])), 16, _Q3_MEAN_STD),
 }
 
 
@@ -71,8 +116,10 @@ def _image_processor(patch_size: int, cfg: ModelConfig, mean_std) -> Qwen2VLImag
                                     patch_size=patch_size, merge_size=2, temporal_patch_size=2, **kwargs)
 
 
-def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None) -> tuple[PreTrainedModel, LaReProcessor]:
-    """(Qwen-VL ForConditionalGeneration, processor) with the LaRe special tokens added and embeddings resized."""
+def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None,
+                  device: str | torch.device | None = None) -> tuple[PreTrainedModel, LaReProcessor]:
+    """(Qwen-VL ForConditionalGeneration, processor) with the LaRe special tokens added and embeddings resized.
+    device="meta" builds a preset without allocating its weights (dry runs)."""
     attn = attn_implementation or cfg.attn_implementation
     dtype = DTYPES[cfg.dtype]
     if cfg.backbone in PRESETS:
@@ -84,7 +131,7 @@ def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None) -> t
         config = build(len(p.tokenizer), ids)
         config._attn_implementation = attn
         config.text_config.pad_token_id = p.pad_id
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
             torch.manual_seed(cfg.seed)
             model = MODEL_CLASSES[config.model_type](config)
         return model.to(dtype), processor

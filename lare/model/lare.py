@@ -133,12 +133,14 @@ class LaReModel(nn.Module):
 
     # ---- construction and persistence ------------------------------------------------------
     @classmethod
-    def build(cls, cfg: Config) -> "LaReModel":
+    def build(cls, cfg: Config, device: str | torch.device | None = None) -> "LaReModel":
+        """Backbone (preset or local checkpoint) + LaRe heads. device="meta" allocates nothing (dry runs)."""
         from lare.backbone import load_backbone
 
         attn = "eager" if cfg.method.refocus == "lm_attention" else None
-        vlm, processor = load_backbone(cfg.model, attn_implementation=attn)
-        return cls(vlm, processor, cfg)
+        vlm, processor = load_backbone(cfg.model, attn_implementation=attn, device=device)
+        with torch.device(device or "cpu"):
+            return cls(vlm, processor, cfg)
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("vlm.")}
