@@ -74,6 +74,7 @@ class DataConfig:
     max_steps: int = opt(3, "Most CoT steps a trace may have; the final curriculum stage replaces all of them.")
     max_answer_tokens: int = opt(16, "Greedy decoding budget after the reasoning for latent paradigms.")
     max_new_tokens: int = opt(96, "Greedy decoding budget for text paradigms (steps + answer).")
+    mixture: dict = opt({}, "Training mixture: traces folder or URI -> sampling weight (e.g. Visual-CoT + GQA); empty = traces_dir alone.")
     num_train_samples: int = opt(0, "Use at most this many training rows (0 = all).")
     num_val_samples: int = opt(64, "Validation rows evaluated at each validation (0 = all).")
 
@@ -85,6 +86,8 @@ class TrainConfig:
     num_workers: int = opt(1, "Ray Train workers (one per GPU on GPU clusters).")
     use_gpu: bool = opt(False, "Train on GPUs (nccl, bf16 mixed precision) instead of CPUs (gloo, fp32).")
     cpus_per_worker: int = opt(1, "CPUs reserved for each training worker.")
+    mixed_precision: Literal["auto", "bf16", "fp32"] = opt("auto", "FSDP2 compute dtype: auto = bf16 on GPU (fp32 reduce and master weights), fp32 on CPU.")
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.")
     batch_size: int = opt(8, "Samples per worker per optimizer step.")
     lr: float = opt(3e-3, "Peak learning rate (AdamW).")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
@@ -134,6 +137,9 @@ class Config:
         _check(d.max_steps >= 1, "data.max_steps", "must be >= 1")
         _check(self.model.min_pixels <= self.model.max_pixels, "model.min_pixels", "must be <= model.max_pixels")
         _check(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.train.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        for path, weight in self.data.mixture.items():
+            _check(isinstance(weight, (int, float)) and weight > 0, f"data.mixture[{path!r}]", "weight must be a positive number")
         _check(self.train.num_workers >= 0, "train.num_workers", "must be >= 0")
         _check(self.train.lr > 0, "train.lr", "must be > 0")
         return self
