@@ -144,8 +144,13 @@ def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None,
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if config.model_type not in MODEL_CLASSES:
         raise ValueError(f"{path}: model_type {config.model_type!r} is not supported (expected one of {sorted(MODEL_CLASSES)})")
-    model = MODEL_CLASSES[config.model_type].from_pretrained(
-        path, local_files_only=True, trust_remote_code=False, dtype=dtype, attn_implementation=attn)
+    if str(device) == "meta":  # the architecture only: FSDP2 ranks other than 0 receive the weights by broadcast
+        config._attn_implementation = attn
+        with torch.device("meta"):
+            model = MODEL_CLASSES[config.model_type]._from_config(config, dtype=dtype)
+    else:
+        model = MODEL_CLASSES[config.model_type].from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, dtype=dtype, attn_implementation=attn)
     processor = LaReProcessor.from_pretrained(path, cfg.min_pixels, cfg.max_pixels, cfg.crop_max_pixels)
     if model.get_input_embeddings().num_embeddings < len(processor.tokenizer):
         model.resize_token_embeddings(len(processor.tokenizer))

@@ -160,9 +160,20 @@ def _region_pixels(image: Image.Image, box, size: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).float() / 255
 
 
+def slots_at_stage(cfg: Config, stage: int | None) -> int:
+    """The latent block width every batch of a stage gets, whatever its traces: under FSDP all ranks must
+    run the same number of latent forwards."""
+    if cfg.method.paradigm not in ("latent", "lare"):
+        return 0
+    if stage is None or stage >= cfg.final_stage:
+        return cfg.method.latent_steps
+    return stage * cfg.method.latents_per_step
+
+
 def build_batch(examples: list[Example], processor: LaReProcessor, cfg: Config,
-                stage: int | None = None, prompt_only: bool = False) -> Batch:
-    """Lay out a batch for cfg.method.paradigm. prompt_only: just the prefix (generation adds the rest)."""
+                stage: int | None = None, prompt_only: bool = False, fixed_slots: bool = False) -> Batch:
+    """Lay out a batch for cfg.method.paradigm. prompt_only: just the prefix (generation adds the rest).
+    fixed_slots: the latent block is slots_at_stage() wide even when this batch's traces need fewer."""
     paradigm = cfg.method.paradigm
     latent_mode = paradigm in ("latent", "lare")
     p = processor
@@ -208,7 +219,7 @@ def build_batch(examples: list[Example], processor: LaReProcessor, cfg: Config,
 
     B = len(examples)
     P = max(len(r[0]) for r in rows)
-    K = max(r[1] for r in rows)
+    K = max([r[1] for r in rows] + ([slots_at_stage(cfg, stage)] if fixed_slots and not prompt_only else []))
     S = max(len(r[2]) for r in rows)
     L = P + K + S
     input_ids = torch.full((B, L), p.pad_id, dtype=torch.long)

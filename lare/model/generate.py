@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 from lare.batch import Batch
 from lare.boxes import crop_box
@@ -42,7 +43,11 @@ class Generation:
 @torch.no_grad()
 def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: bool = True,
              ablation: str = "none") -> Generation:
-    """`batch` is a prompt batch: build_batch(..., prompt_only=True)."""
+    """`batch` is a prompt batch: build_batch(..., prompt_only=True).
+
+    Under torch.distributed (FSDP2 shards every layer), all ranks must run the same forwards: decoding
+    then stops only when every rank's samples are done, and in the crop paradigm the vision tower runs
+    at each step on every rank (on a blank placeholder where a rank has no crop to encode)."""
     from lare.model.lare import ABLATIONS, DecodeState, _image_positions
 
     if ablation not in ABLATIONS:
@@ -52,6 +57,8 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
     budget = max_new_tokens or (data.max_answer_tokens if latent_mode else data.max_new_tokens)
     B = batch.size
     device = batch.input_ids.device
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
 
     ctx = model.encode_images(batch)
     embeds = model.embed(batch.input_ids, ctx.features)
@@ -77,7 +84,9 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
         nonlocal h
         c = max(len(f) for f in feeds)
         if c == 0:
-            return
+            if not distributed:
+                return
+            c = 1  # a masked filler position: this rank is done but its peers are not
         ids = torch.full((B, c), p.pad_id, dtype=torch.long, device=device)
         mask = torch.zeros(B, c, dtype=torch.long, device=device)
         for b, f in enumerate(feeds):
@@ -90,6 +99,9 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
             pv = torch.cat([crops[b][0] for b in order]).to(device)
             grids = torch.stack([crops[b][1] for b in order]).to(device)
             features, deepstack = model.encode_pixels(pv, grids)
+        elif distributed and model.paradigm == "crop":  # keep the vision tower's collectives in step
+            blank_pv, blank_grid = p.images([Image.new("RGB", (p.token_pixels, p.token_pixels))])
+            model.encode_pixels(blank_pv.to(device), blank_grid.to(device))
         chunk_embeds = model.embed(ids, features)
         if crops:  # relative M-RoPE positions of the chunk from the model's helper, then shifted
             rel = model.rope_positions(ids, (ids == p.image_token_id).long(), grids, mask)
@@ -149,7 +161,7 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
                     inserted = p.image_ids(p.num_visual_tokens(grid)[0])
                     feeds[b] += inserted
                     account["crop_visual"][b] += len(inserted)
-        if all(finished):
+        if _all_done(all(finished), distributed, device):
             break
         append(feeds, crops)
 
@@ -160,6 +172,14 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
         tokens_out.append(row)
     texts = [p.decode(ids) for ids in out_ids]
     return Generation(batch.ids, texts, [p.extract_answer(t) for t in texts], tokens_out, refocus, boxes)
+
+
+def _all_done(done: bool, distributed: bool, device) -> bool:
+    if not distributed:
+        return done
+    flag = torch.tensor([1 if done else 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def _last_box(ids: list[int], p) -> list[float] | None:

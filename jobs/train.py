@@ -1,0 +1,153 @@
+"""Train a LaRe (or baseline) model with Ray Train: `python jobs/train.py [--config FILE] [key=value ...]`.
+
+With no arguments it trains the bundled default: the tiny Qwen2.5-VL preset in `lare` mode on the refocus
+traces (built first when missing). It connects to the Ray cluster in $RAY_ADDRESS, else starts a local Ray
+bound to 127.0.0.1; so it runs unchanged as `ray job submit --working-dir . -- python jobs/train.py`.
+
+Re-running an experiment name resumes from its latest checkpoint; `--resume-from URI` warm-starts from
+another run's checkpoint. At the end the model is exported, HF-style, to STORAGE/EXPERIMENT/export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from lare.config import Config, ConfigError, describe, load_config  # noqa: E402
+from lare.storage import is_remote, redact, worker_env  # noqa: E402
+
+log = logging.getLogger("lare.train")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="jobs/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in the YAML file or as key=value):\n" + describe())
+    ap.add_argument("--config", help="YAML config file (sections model, method, data, train, tracking)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. method.recon_weight=0.5")
+    ap.add_argument("--resume-from", help="a checkpoint directory or URI of another run to start from (weights only)")
+    ap.add_argument("--dry-run", action="store_true", help="build on the meta device, print sizes and per-GPU memory, check the config")
+    ap.add_argument("--no-validate", action="store_true", help="skip validation on the val split")
+    ap.add_argument("--inject-failure-at-step", type=int, default=None,
+                    help="fault-tolerance drill: the last worker exits once at this step (the run must recover)")
+    return ap.parse_args(argv)
+
+
+def ensure_traces(cfg: Config) -> dict:
+    """The bundled refocus traces are built when missing; other sources must be built with jobs/build_data.py."""
+    from pipelines.io import read_manifest
+
+    try:
+        return read_manifest(cfg.data.traces_dir)
+    except (FileNotFoundError, OSError):
+        pass
+    if cfg.data.source != "refocus" or is_remote(cfg.data.traces_dir) or cfg.data.mixture:
+        raise SystemExit(f"error: no traces at {redact(cfg.data.traces_dir)}; build them first: "
+                         f"python jobs/build_data.py --source {cfg.data.source} --out {redact(cfg.data.traces_dir)}")
+    from pipelines.build import build_traces
+
+    log.info("building the refocus traces into %s", cfg.data.traces_dir)
+    return build_traces("refocus", cfg.data.traces_dir, seed=cfg.train.seed)
+
+
+def storage(cfg: Config) -> tuple[str, object, str]:
+    """(Ray's storage_path, its filesystem or None, the URI prefix of this experiment)."""
+    path = cfg.train.storage_path
+    if path.startswith("s3://"):
+        from lare.storage import s3_filesystem
+
+        return path[len("s3://"):].rstrip("/"), s3_filesystem(), f"{path.rstrip('/')}/{cfg.train.experiment}"
+    local = str(Path(path).resolve())
+    return local, None, f"{local}/{cfg.train.experiment}"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.dry_run:
+        from lare.sizing import dry_run, format_report
+
+        report = dry_run(cfg)
+        print(format_report(report))
+        return report
+
+    from lare.train.tracking import check_reachable, open_run, resolve_uri
+
+    uri = resolve_uri(cfg) if cfg.tracking.enabled else ""
+    if uri:
+        check_reachable(uri, cfg.tracking.timeout_s)  # fail in seconds, before Ray starts
+
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.io import ensure_ray
+
+    started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "TOKENIZERS_PARALLELISM": "false", **worker_env()}
+    if started_here:
+        os.environ.setdefault("PYTHONPATH", str(ROOT))
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    ensure_ray()
+    try:
+        manifest = ensure_traces(cfg)
+        storage_path, storage_fs, experiment_uri = storage(cfg)
+        run_id = open_run(cfg, uri, f"{experiment_uri}/mlflow_run_id") if uri else ""
+        from lare.train.data import steps_per_epoch, training_dataset
+
+        dataset, num_rows = training_dataset(cfg)
+        ctx = ray.data.DataContext.get_current()
+        loop_config = {
+            "config": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(num_rows, cfg), "mlflow_uri": uri,
+            "mlflow_run_id": run_id, "resume_from": args.resume_from, "validate": not args.no_validate,
+            "export_uri": f"{experiment_uri}/export", "manifest": json.dumps(manifest, indent=1, default=str),
+            "fail_at_step": args.inject_failure_at_step,
+            "fail_marker": str(Path(storage_path if storage_fs is None else "/tmp") / f".{cfg.train.experiment}.failed-once"),
+        }
+        from lare.train.loop import train_loop_per_worker
+
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=max(1, cfg.train.num_workers), use_gpu=cfg.train.use_gpu,
+                                         resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+            run_config=RunConfig(
+                name=cfg.train.experiment, storage_path=storage_path, storage_filesystem=storage_fs,
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                worker_runtime_env={"env_vars": env}),
+            datasets={"train": dataset},
+            dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ctx.execution_options),
+        )
+        t0 = time.time()
+        result = trainer.fit()
+        summary = {"experiment": cfg.train.experiment, "steps": result.metrics.get("step"),
+                   "export": result.metrics.get("export"), "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                   "val_accuracy": result.metrics.get("val_accuracy"), "val_mean_tokens": result.metrics.get("val_mean_tokens"),
+                   "mlflow_run_id": run_id, "mlflow_uri": redact(uri), "wall_s": round(time.time() - t0, 1)}
+        print(json.dumps(summary, indent=1))
+        if uri:
+            print(f"MLflow UI: mlflow ui --backend-store-uri {redact(uri)} --host 127.0.0.1 --port 5000"
+                  if uri.startswith("sqlite") else f"MLflow UI: {redact(uri)}")
+        return summary
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

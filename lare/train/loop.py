@@ -1,0 +1,212 @@
+"""The per-worker training loop: a plain PyTorch loop over the curriculum, with Ray at the edges
+(dataset shard in, metrics and checkpoints out through `ray.train.report`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from lare.config import Config
+from lare.model import LOSS_TERMS
+from lare.train import checkpoint
+from lare.train.data import iter_batches, read_examples
+from lare.train.parallel import build_model
+from lare.train.validate import validate
+
+log = logging.getLogger("lare.train")
+
+
+def curriculum(cfg: Config) -> list[int]:
+    """The stage of every epoch: epochs_per_stage epochs at each stage from start_stage to the last."""
+    last = (cfg.train.num_stages if cfg.train.num_stages > 0 else cfg.final_stage + 1) - 1
+    stages = range(min(cfg.train.start_stage, last), last + 1)
+    return [s for s in stages for _ in range(cfg.train.epochs_per_stage)]
+
+
+def learning_rate(cfg: Config, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, total - t.warmup_steps))
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                             betas=(0.9, 0.95), foreach=True)
+
+
+def _mean_across_ranks(sums: dict[str, list[float]], world: int, device) -> dict[str, float]:
+    """{term: [sum, count]} over the window and the ranks -> means (NaN where nothing was scored)."""
+    names = sorted(sums)
+    t = torch.tensor([v for n in names for v in sums[n]], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(t)
+    return {n: (t[2 * i] / t[2 * i + 1]).item() if t[2 * i + 1] > 0 else float("nan") for i, n in enumerate(names)}
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg = Config.from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.train.seed)
+
+    model = build_model(cfg, rank, world, device)
+    optimizer = make_optimizer(model, cfg)
+    processor = model.processor
+    epochs = curriculum(cfg)
+    total_steps = loop_config["steps_per_epoch"] * len(epochs)
+
+    position = checkpoint.Position()
+    restored = ray.train.get_checkpoint()
+    if restored is not None:  # this run's own latest checkpoint (a worker failed, or the job was re-run)
+        with restored.as_directory() as d:
+            position = checkpoint.load(Path(d), model, optimizer, rank)
+        log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, position.step, position.epoch, position.batch_in_epoch)
+    elif loop_config.get("resume_from"):  # another run's checkpoint: its weights, a fresh schedule
+        with ray.train.Checkpoint(loop_config["resume_from"]).as_directory() as d:
+            checkpoint.load_model_only(Path(d), model)
+
+    logger = None
+    if rank == 0 and loop_config.get("mlflow_run_id"):
+        from lare.train.tracking import RunLogger
+
+        logger = RunLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"])
+
+    val_examples = read_examples(cfg.data.traces_dir, cfg.data.val_split, cfg, cfg.data.num_val_samples) \
+        if loop_config.get("validate", True) else []
+    shard = ray.train.get_dataset_shard("train")
+    fail_at = loop_config.get("fail_at_step")
+    val_rows: list[dict] = []
+    last_val: dict = {}
+
+    def report(metrics: dict, save: bool) -> None:
+        """Every rank calls this equally often: a barrier, and (save=True) a checkpoint."""
+        if not save:
+            ray.train.report(metrics)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="lare-ckpt-"))
+        checkpoint.save(tmp, model, optimizer, position, rank)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+                         checkpoint_dir_name=f"step_{position.step:07d}")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def run_validation() -> dict:
+        nonlocal val_rows, last_val
+        if not val_examples:
+            return {}
+        last_val, rows = validate(model, val_examples, cfg, rank, world, device)
+        if rank == 0:
+            val_rows = rows
+            if logger:
+                logger.metrics(position.step, last_val)
+            log.info("step %d validation: %s", position.step, last_val)
+        return last_val
+
+    window = {n: [0.0, 0.0] for n in (*LOSS_TERMS, "loss")}
+    t_window, samples_window, tokens_window = time.perf_counter(), 0, 0
+    model.train()
+    for epoch in range(position.epoch, len(epochs)):
+        stage = epochs[epoch]
+        if stage != position.stage:
+            if position.stage >= 0 and cfg.train.reset_optimizer_each_stage:
+                optimizer = make_optimizer(model, cfg)  # Coconut: a fresh optimizer at each stage
+            position.stage = stage
+        skip = position.batch_in_epoch if epoch == position.epoch else 0
+        for i, batch in enumerate(iter_batches(shard, cfg, processor, stage, epoch)):
+            if i < skip:
+                continue
+            if fail_at is not None and position.step == fail_at and rank == world - 1 \
+                    and not Path(loop_config["fail_marker"]).exists():
+                Path(loop_config["fail_marker"]).touch()  # once: the restarted worker goes on
+                os._exit(1)
+            lr = learning_rate(cfg, position.step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if batch is not None:
+                batch = batch.to(device)
+                out = model(batch)
+                out.loss.backward()
+                terms = dict(out.terms, loss=out.loss.item())
+                samples_window += batch.size
+                tokens_window += int(batch.attention_mask.sum())
+            else:  # every record of this batch was rejected: a zero step keeps the ranks in step
+                (sum(p.sum() for p in model.parameters()) * 0.0).backward()
+                terms = {}
+            for name, value in terms.items():
+                if not math.isnan(value):
+                    window[name][0] += value
+                    window[name][1] += 1
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            position.step += 1
+            position.batch_in_epoch = i + 1
+
+            if position.step % cfg.train.log_every == 0:
+                means = _mean_across_ranks(window, world, device)
+                elapsed = time.perf_counter() - t_window
+                rates = torch.tensor([samples_window, tokens_window], dtype=torch.float64, device=device)
+                if world > 1:
+                    dist.all_reduce(rates)
+                if logger:
+                    logger.metrics(position.step, {**{f"train/{k}": v for k, v in means.items()}, "lr": lr,
+                                                   "stage": stage, "epoch": epoch,
+                                                   "samples_per_s": rates[0].item() / elapsed,
+                                                   "tokens_per_s": rates[1].item() / elapsed})
+                if rank == 0:
+                    log.info("step %d/%d stage %d loss %.4f answer_ce %.4f", position.step, total_steps, stage,
+                             means["loss"], means["answer_ce"])
+                window = {n: [0.0, 0.0] for n in window}
+                t_window, samples_window, tokens_window = time.perf_counter(), 0, 0
+            if cfg.train.val_every and position.step % cfg.train.val_every == 0:
+                run_validation()
+            if position.step % cfg.train.checkpoint_every == 0:
+                report({"step": position.step, "stage": stage, **last_val}, save=True)
+        position.epoch, position.batch_in_epoch = epoch + 1, 0
+        stage_ends = epoch + 1 == len(epochs) or epochs[epoch + 1] != stage
+        if stage_ends:
+            if not cfg.train.val_every:
+                run_validation()
+            report({"step": position.step, "stage": stage, "epoch": epoch, **last_val}, save=True)
+
+    # The HF-style export, loadable in one process without Ray.
+    full = checkpoint.full_model_state(model)
+    export_uri = ""
+    if rank == 0:
+        export_uri = loop_config["export_uri"]
+        with tempfile.TemporaryDirectory(prefix="lare-export-") as tmp:
+            checkpoint.export(full, cfg, Path(tmp) / "model")
+            from lare.storage import upload_dir
+
+            upload_dir(Path(tmp) / "model", export_uri)
+            if logger:
+                import json
+
+                table = Path(tmp) / "validation.json"
+                table.write_text(json.dumps(val_rows, indent=1))
+                (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
+                logger.artifacts(Path(tmp) / "config.yaml")
+                logger.artifacts(table)
+                if loop_config.get("manifest"):
+                    (Path(tmp) / "manifest.json").write_text(loop_config["manifest"])
+                    logger.artifacts(Path(tmp) / "manifest.json", "data")
+                logger.artifacts(Path(tmp) / "model", "model")
+        if logger:
+            logger.metrics(position.step, {"final/" + k: v for k, v in last_val.items()})
+            logger.close()
+    del full
+    ray.train.report({"step": position.step, "export": export_uri, **last_val})

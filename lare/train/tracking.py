@@ -1,0 +1,168 @@
+"""MLflow: one run per training, created by the driver and re-attached on resume; rank 0 logs into it.
+
+A tracking server that is down at start is a clear error within seconds. An outage mid-run is not fatal:
+metrics are buffered, a warning is printed, and they are sent when the server answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from lare.config import Config
+from lare.storage import read_text, redact, write_text
+
+log = logging.getLogger("lare.tracking")
+
+
+class TrackingUnavailable(RuntimeError):
+    pass
+
+
+def resolve_uri(cfg: Config) -> str:
+    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float) -> None:
+    """Fail fast, naming the server, when an HTTP tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        deadline = time.monotonic() + timeout
+        error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=min(3.0, timeout)) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as e:
+                error = e
+            time.sleep(0.5)
+        raise TrackingUnavailable(
+            f"MLflow tracking server {redact(uri)} did not answer within {timeout:.0f}s ({error}). Start it "
+            "(`make up` starts one on 127.0.0.1) or point tracking.uri / MLFLOW_TRACKING_URI at a running one; "
+            "tracking.enabled=false trains without tracking.")
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def quick_client_env() -> None:
+    """MLflow retries an HTTP call for minutes by default; training must not stall on an outage."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def sanitize(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)
+
+
+def flat_params(cfg: Config) -> dict[str, str]:
+    return {sanitize(k): redact(str(v))[:6000] for k, v in cfg.flat().items()}
+
+
+def open_run(cfg: Config, uri: str, run_id_uri: str) -> str:
+    """The MLflow run of this training: re-attached when the experiment ran before (resume), else new."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    name = cfg.train.experiment
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        artifacts = cfg.tracking.artifact_location or None
+        if artifacts is None and uri.startswith("sqlite:///"):
+            artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        exp_id = client.create_experiment(name, artifact_location=artifacts)
+    else:
+        exp_id = exp.experiment_id
+    previous = (read_text(run_id_uri) or "").strip()
+    if previous:
+        try:
+            run = client.get_run(previous)
+            if run.info.experiment_id == exp_id:
+                client.update_run(previous, status="RUNNING")
+                return previous
+        except mlflow.exceptions.MlflowException:
+            pass
+    run = client.create_run(exp_id, run_name=cfg.tracking.run_name or None, tags={"lare.paradigm": cfg.method.paradigm})
+    params = list(flat_params(cfg).items())
+    from mlflow.entities import Param
+
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
+    write_text(run_id_uri, run.info.run_id)
+    return run.info.run_id
+
+
+class RunLogger:
+    """Rank 0's handle on the run: buffered metrics, artifacts, system metrics; never raises on an outage."""
+
+    def __init__(self, uri: str, run_id: str, system_metrics: bool = True):
+        quick_client_env()
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.run_id = uri, run_id
+        self.client = MlflowClient(uri)
+        self.pending: list = []
+        self.last_warning = 0.0
+        self.active = None
+        if system_metrics:
+            try:
+                mlflow.set_tracking_uri(uri)
+                self.active = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+            except Exception as e:  # system metrics are a nicety
+                self._warn(f"system metrics off: {e}")
+
+    def _warn(self, message: str) -> None:
+        if time.monotonic() - self.last_warning > 30:
+            log.warning("MLflow: %s", message)
+            self.last_warning = time.monotonic()
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for k, v in values.items():
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                self.pending.append(Metric(sanitize(k), float(v), now, step))
+        self.pending = self.pending[-200_000:]  # bounded while the server is away
+        self.flush()
+
+    def flush(self) -> bool:
+        try:
+            while self.pending:
+                self.client.log_batch(self.run_id, metrics=self.pending[:1000])
+                self.pending = self.pending[1000:]
+            return True
+        except Exception as e:
+            self._warn(f"tracking server unreachable, {len(self.pending)} metric values kept for later ({type(e).__name__}: {e})")
+            return False
+
+    def artifacts(self, local: str | Path, artifact_path: str | None = None, retries: int = 3) -> None:
+        for attempt in range(retries):
+            try:
+                if Path(local).is_dir():
+                    self.client.log_artifacts(self.run_id, str(local), artifact_path)
+                else:
+                    self.client.log_artifact(self.run_id, str(local), artifact_path)
+                return
+            except Exception as e:
+                self._warn(f"artifact {local} not logged (attempt {attempt + 1}/{retries}): {e}")
+                time.sleep(2 * (attempt + 1))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.flush()
+        try:
+            if self.active is not None:
+                import mlflow
+
+                mlflow.end_run(status=status)
+            else:
+                self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:
+            self._warn(f"could not close the run: {e}")
