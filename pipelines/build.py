@@ -58,6 +58,8 @@ def resolve_options(source: str, options: dict | None) -> dict:
     opts = {**defaults, **options}
     opts["source_type"] = source
     opts["name"] = opts["name"] or source
+    if hasattr(src, "check_options"):
+        src.check_options(opts)
     return opts
 
 

@@ -6,14 +6,11 @@ corrupt and truncated files fail.
 """
 
 import io
+import warnings
 
 from PIL import Image
 
 from pipelines.validate import Reject
-
-# We do the bomb check ourselves (and reject, not crash), so PIL's own guard must not fire first
-# with a warning or an exception that depends on PIL's default.
-Image.MAX_IMAGE_PIXELS = None
 
 
 def read_bytes(path: str) -> bytes:
@@ -34,7 +31,11 @@ def decode(data: bytes, *, max_pixels: int, min_side: int, what: str = "image") 
     if not data:
         raise Reject("corrupt_image", f"{what} has zero bytes")
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # our own max_pixels check below decides, not PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # PIL's hard limit (2x its MAX_IMAGE_PIXELS) fires inside open()
+        raise Reject("decompression_bomb", f"{what}: {e}") from None
     except Exception as e:  # PIL raises UnidentifiedImageError, SyntaxError, ValueError... on junk
         raise Reject("corrupt_image", f"{what} is not a decodable image: {e}") from None
     w, h = im.size

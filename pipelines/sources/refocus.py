@@ -68,12 +68,26 @@ def plan(opts: dict, seed: int) -> list[dict]:
     return rows
 
 
-def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
+def families_of(opts: dict) -> tuple:
     families = FAMILIES if opts["families"] == "all" else tuple(f.strip() for f in opts["families"].split(","))
     unknown = set(families) - set(FAMILIES)
-    if unknown:
+    if unknown or not families:
         raise ValueError(f"refocus option 'families' has unknown families {sorted(unknown)}; choose from {FAMILIES}")
-    return generate(raw["split"], raw["index"], seed=seed, size=int(opts["image_size"]), families=families)
+    return families
+
+
+def check_options(opts: dict):
+    """Called on the driver before any work: a bad option fails the job, not every row."""
+    families_of(opts)
+    if int(opts["image_size"]) < 112:
+        raise ValueError(f"refocus option 'image_size' must be at least 112, got {opts['image_size']}")
+    for split in SPLITS:
+        if int(opts[f"num_{split}"]) < 0:
+            raise ValueError(f"refocus option 'num_{split}' must be >= 0")
+
+
+def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
+    return generate(raw["split"], raw["index"], seed=seed, size=int(opts["image_size"]), families=families_of(opts))
 
 
 # ---------------------------------------------------------------------------------------------

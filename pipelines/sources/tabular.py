@@ -33,7 +33,6 @@ NOTE = "Your own JSON Lines or Parquet files, mapped to trace fields by the `col
 
 DEFAULTS = {
     "path": None,
-    "name": None,
     "columns": {},
     "split": "train",
     "image_root": "",

@@ -136,6 +136,11 @@ def test_question_only_majority_baseline_stays_near_chance():
     assert len(pope) == 6 and max(pope.values()) < 1.5 * min(pope.values())
 
 
-def test_unknown_family_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown families"):
-        refocus.convert({"split": "train", "index": 0}, None, {"families": "attribute,colour_wheel", "image_size": 224}, 0)
+def test_bad_options_fail_before_any_work():
+    from pipelines.build import resolve_options
+
+    with pytest.raises(ValueError, match="colour_wheel"):
+        resolve_options("refocus", {"families": "attribute,colour_wheel"})
+    assert resolve_options("refocus", {"families": "counting, existence"})["families"] == "counting, existence"
+    sample = refocus.generate("train", 3, families=("counting",))
+    assert sample["meta"]["family"] == "counting"

@@ -59,3 +59,30 @@ def test_validate_accepts_good_records():
     assert validate_trace(good()) is None
     assert validate_trace(dict(good(), choices=["blue", "red", "green", "white"])) is None
     assert validate_trace(dict(good(), image=None, image_uri="s3://b/k.jpg")) is None
+
+
+def test_image_guards_reject_with_the_right_reason():
+    import io
+
+    from PIL import Image
+
+    from pipelines import images
+    from pipelines.validate import Reject
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 20, 30)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    im = images.decode(data, max_pixels=10**6, min_side=28)
+    assert im.size == (300, 200) and im.mode == "RGB"
+    assert images.fit(im, 150).size == (150, 100) and images.fit(im, 448) is im  # downscale only
+    for kwargs, blob, reason in [({"max_pixels": 50_000, "min_side": 28}, data, "decompression_bomb"),
+                                 ({"max_pixels": 10**6, "min_side": 250}, data, "image_too_small"),
+                                 ({"max_pixels": 10**6, "min_side": 28}, data[: len(data) // 2], "corrupt_image"),
+                                 ({"max_pixels": 10**6, "min_side": 28}, b"", "corrupt_image"),
+                                 ({"max_pixels": 10**6, "min_side": 28}, b"GIF89a garbage", "corrupt_image")]:
+        with pytest.raises(Reject) as e:
+            images.decode(blob, what="image x.jpg", **kwargs)
+        assert e.value.reason == reason and "x.jpg" in e.value.detail
+    with pytest.raises(Reject) as e:
+        images.read_bytes("/nonexistent/dir/y.png")
+    assert e.value.reason == "image_unreadable" and "y.png" in e.value.detail
