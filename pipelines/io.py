@@ -1,0 +1,105 @@
+"""Where traces live: local folders or s3:// URIs through pyarrow filesystems, and reading them back.
+
+S3 settings come from the environment, never from code or logs: AWS_ENDPOINT_URL_S3 or
+AWS_ENDPOINT_URL (e.g. http://127.0.0.1:9000 for MinIO or moto), AWS_REGION / AWS_DEFAULT_REGION,
+and credentials through the AWS default chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, profiles,
+instance roles). Ray workers need the same environment (runtime_env env_vars on a cluster).
+Layout of a build: OUT/<split>/part-*.parquet, OUT/rejects/part-*.parquet, OUT/manifest.json.
+"""
+
+import json
+import os
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipelines.schema import REJECT_SCHEMA, TRACE_SCHEMA
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs = {}
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it). s3://bucket/key uses the environment's endpoint and credentials;
+    a URI with a query string (s3://b/k?endpoint_override=...) is handed to pyarrow as is."""
+    parsed = urlparse(path_or_uri)
+    if filesystem is not None:
+        path = parsed.netloc + parsed.path if parsed.scheme else path_or_uri
+        return filesystem, path.rstrip("/")
+    if parsed.scheme == "s3" and not parsed.query:
+        return s3_filesystem(), (parsed.netloc + parsed.path).rstrip("/")
+    if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+        fs, path = pafs.FileSystem.from_uri(path_or_uri)
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(path_or_uri)
+
+
+def public_uri(path_or_uri: str) -> str:
+    """The URI without a query string or user info: safe to log and to store in a manifest."""
+    parsed = urlparse(path_or_uri)
+    if not parsed.scheme or len(parsed.scheme) == 1:
+        return path_or_uri
+    return f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path}"
+
+
+def read_bytes(path_or_uri: str) -> bytes:
+    fs, path = resolve(path_or_uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_traces(path_or_uri: str, split: str, filesystem: pafs.FileSystem | None = None):
+    """One split of a build as a Ray Dataset (Ray must be initialised, see ensure_ray)."""
+    import ray.data
+
+    fs, root = resolve(path_or_uri, filesystem)
+    return ray.data.read_parquet(f"{root}/{split}", filesystem=fs, schema=TRACE_SCHEMA, file_extensions=["parquet"])
+
+
+def read_traces_table(path_or_uri: str, split: str, filesystem: pafs.FileSystem | None = None) -> pa.Table:
+    """One split as a pyarrow Table, without Ray: for tests, notebooks and small local sets."""
+    return _read_dir(path_or_uri, split, TRACE_SCHEMA, filesystem)
+
+
+def read_rejects_table(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> pa.Table:
+    return _read_dir(path_or_uri, "rejects", REJECT_SCHEMA, filesystem)
+
+
+def read_manifest(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> dict:
+    fs, root = resolve(path_or_uri, filesystem)
+    with fs.open_input_stream(f"{root}/manifest.json") as f:
+        return json.loads(f.read())
+
+
+def _read_dir(path_or_uri, folder, schema, filesystem):
+    fs, root = resolve(path_or_uri, filesystem)
+    info = fs.get_file_info(pafs.FileSelector(f"{root}/{folder}", allow_not_found=True))
+    files = sorted(i.path for i in info if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if not files:
+        return schema.empty_table()
+    return pa.concat_tables([pq.read_table(f, filesystem=fs, schema=schema) for f in files])
+
+
+def ensure_ray(num_cpus: int | None = None):
+    """Use the Ray already initialised; else connect to RAY_ADDRESS when set; else start a local Ray
+    on 127.0.0.1 only (a bare ray.init() could attach to someone else's cluster on this machine)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
