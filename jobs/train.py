@@ -102,7 +102,9 @@ def main(argv=None) -> dict:
     if started_here:
         os.environ.setdefault("PYTHONPATH", str(ROOT))
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    ensure_ray()
+    # A local Ray gets a few more logical CPUs than cores: Ray Data's read tasks must not starve behind
+    # the training workers' reservations (they are mostly I/O).
+    ensure_ray(num_cpus=max(os.cpu_count() or 1, cfg.train.num_workers * cfg.train.cpus_per_worker) + 2)
     try:
         manifest = ensure_traces(cfg)
         storage_path, storage_fs, experiment_uri = storage(cfg)
@@ -136,7 +138,7 @@ def main(argv=None) -> dict:
         t0 = time.time()
         result = trainer.fit()
         summary = {"experiment": cfg.train.experiment, "steps": result.metrics.get("step"),
-                   "export": result.metrics.get("export"), "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                   "export": loop_config["export_uri"], "checkpoint": result.checkpoint.path if result.checkpoint else None,
                    "val_accuracy": result.metrics.get("val_accuracy"), "val_mean_tokens": result.metrics.get("val_mean_tokens"),
                    "mlflow_run_id": run_id, "mlflow_uri": redact(uri), "wall_s": round(time.time() - t0, 1)}
         print(json.dumps(summary, indent=1))

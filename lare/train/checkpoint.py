@@ -47,16 +47,16 @@ def _set_rng_state(rng: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save(directory: Path, model, optimizer, scheduler, position: Position, rank: int) -> None:
+def save(directory: Path, model, optimizer, position: Position, rank: int) -> None:
+    """The learning rate is a function of the step (loop.learning_rate), so the step is the schedule's state."""
     directory.mkdir(parents=True, exist_ok=True)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory))
-    torch.save({"torch_rng": torch.get_rng_state(), "scheduler": scheduler.state_dict()},
-               directory / f"rank{rank}_state.pt")
+    torch.save({"torch_rng": torch.get_rng_state()}, directory / f"rank{rank}_state.pt")
     (directory / f"rank{rank}_position.json").write_text(json.dumps({"position": asdict(position), "rng": _rng_state()}))
 
 
-def load(directory: Path, model, optimizer, scheduler, rank: int) -> Position:
+def load(directory: Path, model, optimizer, rank: int) -> Position:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(directory))
@@ -66,7 +66,6 @@ def load(directory: Path, model, optimizer, scheduler, rank: int) -> Position:
         own = directory / "rank0_state.pt"
     extra = torch.load(own, weights_only=True)
     torch.set_rng_state(extra["torch_rng"])
-    scheduler.load_state_dict(extra["scheduler"])
     meta = json.loads((own.parent / own.name.replace("_state.pt", "_position.json")).read_text())
     _set_rng_state(meta["rng"])
     return Position(**meta["position"])

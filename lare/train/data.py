@@ -35,17 +35,31 @@ def training_dataset(cfg: Config) -> tuple[ray.data.Dataset, int]:
     # so a resumed run sees exactly the batches an uninterrupted one would.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     sources = d.mixture or {d.traces_dir: 1.0}
-    parts = []
+    parts, rows = [], 0
     for traces, weight in sources.items():
         ds = read_split(traces, d.train_split)
+        n = count_rows(traces, d.train_split)
         whole, frac = int(weight), weight - int(weight)
         parts += [ds] * whole
-        if frac > 0:
-            parts.append(ds.random_sample(frac, seed=cfg.train.seed))
+        rows += n * whole
+        if frac > 0:  # a fixed, seeded subset: the same rows every epoch
+            take = int(n * frac)
+            parts.append(ds.random_shuffle(seed=cfg.train.seed).limit(take))
+            rows += take
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    if d.num_train_samples:
-        ds = ds.limit(d.num_train_samples)
-    return ds, ds.count()
+    if d.num_train_samples and d.num_train_samples < rows:
+        ds, rows = ds.limit(d.num_train_samples), d.num_train_samples
+    return ds, rows
+
+
+def count_rows(traces: str, split: str) -> int:
+    """Rows of a split from the Parquet footers alone (no data read)."""
+    import pyarrow.dataset as pads
+
+    from pipelines.io import resolve
+
+    fs, root = resolve(split_uri(traces, split))
+    return pads.dataset(root, filesystem=fs, format="parquet").count_rows()
 
 
 def steps_per_epoch(num_rows: int, cfg: Config) -> int:
