@@ -31,7 +31,7 @@ class BenchmarkFileError(ValueError):
 
 def where(path: Path | str, row: dict, n: int) -> str:
     """How an error names a row: the file and the row's index (or its position when it has no index)."""
-    index = row.get("index", row.get("id"))
+    index = next((row[k] for k in ("index", "Index", "id") if k in row), None)
     return f"{Path(path).name} row {f'index={index}' if index not in (None, '') else f'#{n}'}"
 
 
@@ -75,8 +75,9 @@ def decode_base64_image(b64: str, at: str, column: str = "image") -> bytes:
 def stitch(images: list[bytes]) -> bytes:
     """Several images side by side on white, tops aligned, as one PNG.
 
-    LaRe models take one image per question; questions with several (MMMU-Pro) get them in reading order,
-    which is what VLMEvalKit does for single-image models (`concat_images`)."""
+    LaRe models take one image per question; questions with several (MMMU-Pro) get all of them in reading
+    order. VLMEvalKit gives a non-interleaved model only the first image (it stitches side by side only for
+    BLINK); stitching keeps every image the question refers to."""
     if len(images) == 1:
         return images[0]
     pics = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]

@@ -143,8 +143,7 @@ def _gold_letter(value, choices: list[str], at: str, column: str = "answer") -> 
 
 
 def _image(row: dict, at: str, column: str = "image", required: bool = True) -> bytes | None:
-    value = row.get(column)
-    data = value if isinstance(value, bytes) else image_cell(value, at, column, Path(row.get("_file", ".")).parent)
+    data = image_cell(row.get(column), at, column, Path(row.get("_file", ".")).parent)
     if data is None and required:
         raise BenchmarkFileError(f"{at}: column '{column}' is empty: the question has no image")
     return data
@@ -186,9 +185,11 @@ def _pope(rows: list[dict], path: Path) -> list[EvalItem]:
         categories = [c.strip().lower() for c in category.split(",") if c.strip()]
         if not categories:
             raise BenchmarkFileError(f"{at}: column 'category' is empty (POPE needs random / popular / adversarial)")
-        # Ids: VLMEvalKit's index, or lmms-eval's id; files split by category may reuse ids across categories.
-        rid = text(get(row, "index", "id", "question_id", default="")) or str(n)
-        rid = f"pope/{rid}" if text(row.get("category")) else f"pope/{categories[0]}-{rid}"
+        # Ids: VLMEvalKit's index; lmms-eval's files number questions within each category (question_id).
+        if text(row.get("index")):
+            rid = f"pope/{text(row['index'])}"
+        else:
+            rid = f"pope/{categories[0]}-{text(get(row, 'question_id', 'id', default='')) or n}"
         meta = {"categories": categories, "category": ",".join(categories), "instruction":
                 "Answer the question using a single word or phrase.", **_meta(row, index=("index",),
                 question_id=("question_id",), image_source=("image_source",))}
@@ -552,6 +553,7 @@ def _limit(items: list[EvalItem], limit: int, bench: Benchmark) -> list[EvalItem
 
 def read_benchmark(name: str, data_root: str | Path, limit: int | None = None) -> list[EvalItem]:
     """Every item of benchmark `name` found under `data_root` (see BENCHMARKS and docs/benchmarks.md)."""
+    name = name.lower()
     if name not in BENCHMARKS:
         raise KeyError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
     bench = BENCHMARKS[name]

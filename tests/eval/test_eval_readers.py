@@ -142,6 +142,7 @@ def test_pope_parquet_lmms_eval_layouts(tmp_path):
     cats = sorted(c for it in items for c in it.meta["categories"])
     assert cats == ["adversarial", "adversarial", "popular", "popular", "random", "random"]
     assert {it.question for it in items if it.image == BLUE} == {"Is there a tree in the image?"}
+    assert {"pope/popular-2", "pope/adversarial-2"} <= {it.id for it in items}  # question_id counts per category
 
     # The "Full" config: a file per category, no category column.
     write_hf_parquet(tmp_path / "full" / "POPE" / "Full" / "adversarial-00000-of-00001.parquet", {
