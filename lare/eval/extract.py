@@ -106,8 +106,9 @@ def _only(found: set[str]) -> str | None:
 
 
 # Explicit statements. "The answer is B" outranks "option B" ("Option A is wrong; the answer is C" -> C).
-_ANSWER_IS = re.compile(r"\banswer(?:\s+(?:is|would be|should be))?\s*:?[\s*_\"'`]*[(\[]?([A-Za-z])[)\]]?(?![A-Za-z0-9])", re.IGNORECASE)
-_OPTION_IS = re.compile(r"\b(?:option|choice)(?:\s+is)?\s*:?[\s*_\"'`]*[(\[]?([A-Za-z])[)\]]?(?![A-Za-z0-9])", re.IGNORECASE)
+_LETTER = r"[\s*_\"'`]*[(\[]?([A-Za-z])[)\]]?(?![A-Za-z0-9])"  # "B", "(b)", "**C**", "[D]"
+_ANSWER_IS = re.compile(r"\banswer(?:\s+(?:is|would be|should be))?\s*:?" + _LETTER, re.IGNORECASE)
+_OPTION_IS = re.compile(r"\b(?:option|choice)(?:\s+is)?\s*:?" + _LETTER, re.IGNORECASE)
 # The whole reply is a letter: "B", "(b)", "c.", "**D**", "[A]".
 _BARE = re.compile(r"[\s*_\"'`]*[(\[]?([A-Za-z])[)\]]?[\s*_\"'`.:)]*")
 # The reply starts with a letter and a delimiter: "A. the cat", "(B) dog", "c) ...", "D: ...".

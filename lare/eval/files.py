@@ -145,7 +145,7 @@ def read_tsv(path: Path) -> list[dict]:
     Image references are resolved against the whole file, so a row keeps its image under any later `limit`.
     An `image_path` column (VLMEvalKit's "meta only" files) is read relative to the TSV's folder."""
     csv.field_size_limit(sys.maxsize)  # base64 images are far longer than csv's default field limit
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark must not rename 'index'
         reader = csv.reader(f, delimiter="\t")
         try:
             header = next(reader)
@@ -153,7 +153,7 @@ def read_tsv(path: Path) -> list[dict]:
             raise BenchmarkFileError(f"{path}: empty file (no header row)") from None
         header = [h.strip() for h in header]
         rows = []
-        for n, cells in enumerate(reader, start=1):
+        for cells in reader:
             if not cells:
                 continue
             if len(cells) != len(header):

@@ -63,7 +63,8 @@ def judge(item: EvalItem, text: str | None) -> tuple[str | None, bool]:
     if item.benchmark == "refocus":
         if item.choices:
             parsed = extract_choice(text, item.choices)
-            return parsed, parsed == item.meta.get("answer_letter", LETTERS[item.choices.index(item.answer)])
+            gold = item.meta.get("answer_letter") or LETTERS[item.choices.index(item.answer)]
+            return parsed, parsed == gold
         gold = normalize_answer(item.answer)
         if gold in ("yes", "no"):
             parsed = extract_yes_no(text)
@@ -208,6 +209,8 @@ def score_mmmu_pro(items: list[EvalItem], predictions: dict[str, str]) -> dict:
             out[f"{setting}_acc"] = _pct(sum(h for _, h in part), len(part))
             out[f"n_{setting}"] = len(part)
             out[f"{setting}_by_subject"] = _acc_by([it for it, _ in part], [h for _, h in part], "subject")
+    if "standard_acc" not in out and "vision_acc" not in out:
+        raise ValueError("mmmu_pro items need meta['setting'] = 'standard' or 'vision' (read_benchmark sets it)")
     if "standard_acc" in out and "vision_acc" in out:
         out["overall"] = (out["standard_acc"] + out["vision_acc"]) / 2
     else:  # the MMMU-Pro score needs both settings; report what there is and say what is not
