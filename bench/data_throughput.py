@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--rows", type=int, default=4000, help="rows per measurement (several thousand keeps start-up out of it)")
     ap.add_argument("--sources", default="refocus,easy_vqa")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "data_throughput.json"))
+    ap.add_argument("--repeats", type=int, default=2, help="runs per configuration; the fastest is kept")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -95,20 +96,30 @@ def main():
         return
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The machine may be shared: configurations are interleaved round by round and the fastest run of each
+    # is kept, with the 1-minute load average seen before it, so a burst of someone else's work hits all alike.
+    configs = [(source, kind) for source in args.sources.split(",") for kind in ("plain_loop", "ray_1cpu", "ray_2cpu")]
+    runs = {c: [] for c in configs}
+    for _ in range(args.repeats):
+        for source, kind in configs:
+            load = os.getloadavg()[0]
+            if kind == "plain_loop":
+                r = plain_loop(source, args.rows)
+            else:
+                r = in_subprocess(source, args.rows, 1 if kind == "ray_1cpu" else 2)
+            runs[(source, kind)].append(dict(r, load_avg_1min_before=round(load, 2)))
     results = {}
     for source in args.sources.split(","):
-        plain = plain_loop(source, args.rows)
-        ray1 = in_subprocess(source, args.rows, 1)
-        ray2 = in_subprocess(source, args.rows, 2)
-        results[source] = {"plain_loop": plain, "ray_1cpu": ray1, "ray_2cpu": ray2,
-                           "scaling_2cpu_over_1cpu": ray2["rows_per_s"] / ray1["rows_per_s"],
-                           "ray_1cpu_over_plain_loop": ray1["rows_per_s"] / plain["rows_per_s"]}
+        best = {kind: max(runs[(source, kind)], key=lambda r: r["rows_per_s"]) for kind in ("plain_loop", "ray_1cpu", "ray_2cpu")}
+        results[source] = dict(best, all_runs={kind: runs[(source, kind)] for kind in best},
+                               scaling_2cpu_over_1cpu=best["ray_2cpu"]["rows_per_s"] / best["ray_1cpu"]["rows_per_s"],
+                               ray_1cpu_over_plain_loop=best["ray_1cpu"]["rows_per_s"] / best["plain_loop"]["rows_per_s"])
 
     print(f"{'source':<10} {'rows':>6} {'plain rows/s':>13} {'ray 1cpu':>10} {'ray 2cpu':>10} {'2cpu/1cpu':>10} {'ray1/plain':>11}")
     for source, r in results.items():
         print(f"{source:<10} {r['plain_loop']['rows']:>6} {r['plain_loop']['rows_per_s']:>13.1f} {r['ray_1cpu']['rows_per_s']:>10.1f} "
               f"{r['ray_2cpu']['rows_per_s']:>10.1f} {r['scaling_2cpu_over_1cpu']:>10.2f} {r['ray_1cpu_over_plain_loop']:>11.2f}")
-    # The headline ratios are the geometric-free plain mean over sources: each source counts equally.
+    # The headline ratios are the plain mean over sources: each source counts equally.
     n = len(results)
     summary = {
         "scaling_2cpu_over_1cpu": sum(r["scaling_2cpu_over_1cpu"] for r in results.values()) / n,
@@ -117,6 +128,7 @@ def main():
         "per_source": results,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "rows": args.rows,
+        "repeats": args.repeats,
     }
     print(f"mean over sources: scaling_2cpu_over_1cpu={summary['scaling_2cpu_over_1cpu']:.2f} (target 1.7), "
           f"ray_1cpu_over_plain_loop={summary['ray_1cpu_over_plain_loop']:.2f} (target 0.77)")

@@ -1,19 +1,25 @@
-"""Visual-CoT (viscot_363k.json): VQA over 12 datasets with the box of the region that answers each question.
+"""Visual-CoT: VQA over 12 datasets, each question with the box of the region that answers it.
 
 Real data: the Visual-CoT dataset on the Hugging Face hub (deepcs233/Visual-CoT): `viscot_363k.json`
-plus the images of its source datasets (`cot/<dataset>/...`, see the Visual-CoT README); download them
-yourself and point `image_root` at the folder the record paths are relative to.
+and the images of its source datasets (`cot/<dataset>/...`, see the Visual-CoT README), downloaded by
+you; `image_root` is the folder the records' image paths are relative to.
 
-Fields read per record (a JSON list of objects):
-  question_id          source id (with `dataset` when present, as ids repeat across datasets)
-  image                path relative to image_root (a string, or a list whose first item is the path)
-  conversations        [{from: human, value: "<image>\\n<question> Please provide the bounding box ..."},
-                        {from: gpt, value: "[x1, y1, x2, y2]"}, {from: human, value: "<image>"},
-                        {from: gpt, value: <answer>}]: question = first human turn without the image
-                       tag and the box request, answer = last gpt turn
-  bboxs                list of [x1, y1, x2, y2] in pixels of the original image: one step each
-  width, height        the annotation frame of bboxs (checked against the image's aspect ratio)
-  dataset, split       kept in meta; `split` is not the trace split (Visual-CoT marks everything train)
+Two record layouts are read, record by record:
+
+viscot_363k.json (a JSON list; the training file):
+  question_id, dataset, split
+  image          [path, "path###[x1, y1, x2, y2]"]: the region to look at, in pixels of the original image
+                 (Visual-CoT's own loader crops it from there)
+  conversations  [{from: human, value: "<image>\\n<question> Please provide the bounding box coordinate ..."},
+                  {from: gpt, value: "[...]"}, {from: human, value: "<image>"}, {from: gpt, value: <answer>}]
+                 question = first human turn without the image tag and the box request; answer = last gpt turn
+
+per-dataset metadata (JSON Lines, from the `viscot_dataset/` folder):
+  question, answer, image (path), width, height (the frame of the boxes), bboxs ([[x1, y1, x2, y2], ...] pixels),
+  dataset, split, and question_id when present
+
+One step per box. Source id: `dataset/question_id`, or `dataset/<line number>` without a question_id.
+Visual-CoT's own `split` is kept in meta; the trace split is the `split` option.
 """
 
 import json
@@ -22,10 +28,10 @@ import re
 
 from pipelines.validate import Reject
 
-NOTE = "Hugging Face dataset deepcs233/Visual-CoT: viscot_363k.json + source-dataset images, downloaded by you."
+NOTE = "Hugging Face dataset deepcs233/Visual-CoT: viscot_363k.json (or its per-dataset JSONL) + source images, downloaded by you."
 
 DEFAULTS = {
-    "path": None,  # the viscot_363k.json file (required)
+    "path": None,  # viscot_363k.json (JSON list) or a per-dataset .jsonl (required)
     "image_root": None,  # folder the records' image paths are relative to (required)
     "split": "train",  # trace split for every record
 }
@@ -33,52 +39,76 @@ DEFAULTS = {
 BOX_REQUEST = re.compile(r"\s*Please provide the bounding box coordinate of the region.*$", re.S)
 
 
+def _records(path):
+    try:
+        with open(path) as f:
+            if path.endswith(".jsonl"):
+                return [json.loads(line) if line.strip().startswith("{") else {"_error": f"line {n} is not a JSON object"}
+                        for n, line in enumerate(f, start=1) if line.strip()]
+            records = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"visual_cot: cannot read {path}: {e}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"visual_cot: {path} must hold a JSON list of records")
+    return records
+
+
 def plan(opts: dict, seed: int) -> list[dict]:
     if not opts["path"] or not opts["image_root"]:
-        raise ValueError("visual_cot needs options 'path' (viscot_363k.json) and 'image_root'")
-    try:
-        with open(opts["path"]) as f:
-            records = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"visual_cot: cannot read {opts['path']}: {e}") from None
-    if not isinstance(records, list):
-        raise ValueError(f"visual_cot: {opts['path']} must hold a JSON list of records")
+        raise ValueError("visual_cot needs options 'path' (viscot_363k.json or a .jsonl) and 'image_root'")
     rows = []
-    for i, rec in enumerate(records):
-        qid = rec.get("question_id") if isinstance(rec, dict) else None
-        sid = f"{rec.get('dataset', '')}/{qid}" if qid is not None else ""
-        rows.append({"source_id": sid, "split": opts["split"], "raw": rec if isinstance(rec, dict) else {"value": rec}})
+    for i, rec in enumerate(_records(opts["path"])):
+        if not isinstance(rec, dict):
+            rec = {"_error": f"record {i} is not an object"}
+        qid = rec.get("question_id")
+        sid = f"{rec.get('dataset', '')}/{qid if qid is not None else i}" if "_error" not in rec else f"#{i}"
+        rows.append({"source_id": sid, "split": opts["split"], "raw": rec})
     return rows
 
 
-def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
-    conv = raw.get("conversations")
+def _question_answer(raw: dict):
+    if "conversations" not in raw:
+        return raw.get("question"), raw.get("answer")
+    conv = raw["conversations"]
     if not conv:
-        raise Reject("missing_field" if conv is None else "empty_field", "field 'conversations' is missing or empty")
-    human = [t.get("value", "") for t in conv if t.get("from") == "human"]
-    gpt = [t.get("value", "") for t in conv if t.get("from") == "gpt"]
+        raise Reject("empty_field", "field 'conversations' is empty")
+    human = [t.get("value", "") for t in conv if isinstance(t, dict) and t.get("from") == "human"]
+    gpt = [t.get("value", "") for t in conv if isinstance(t, dict) and t.get("from") == "gpt"]
     if not human or not gpt:
         raise Reject("bad_field", "field 'conversations' needs a human question and a gpt answer")
-    question = BOX_REQUEST.sub("", human[0].replace("<image>", "")).strip()
-    answer = (gpt[-1] or "").strip()
+    return BOX_REQUEST.sub("", human[0].replace("<image>", "")).strip(), (gpt[-1] or "").strip()
+
+
+def _image_and_boxes(raw: dict):
     image = raw.get("image")
-    if isinstance(image, list):
-        image = image[0] if image else None
-    if not image:
+    entries = image if isinstance(image, list) else [image] if image else []
+    if not entries or not entries[0]:
         raise Reject("missing_field", "field 'image' is missing")
-    image = image.split("###")[0]  # some records append "###[box]" to a second image entry
-    bboxs = raw.get("bboxs")
-    if bboxs is None:
-        raise Reject("missing_field", "field 'bboxs' is missing")
-    if not bboxs:
+    path = str(entries[0]).split("###")[0]
+    if raw.get("bboxs") is not None:
+        return path, raw["bboxs"]
+    boxes = []
+    for entry in entries[1:]:
+        if "###" in str(entry):
+            try:
+                boxes.append(json.loads(str(entry).split("###", 1)[1]))
+            except ValueError:
+                raise Reject("bad_field", f"image entry {entry!r} has an unparsable box") from None
+    if not boxes:
+        raise Reject("missing_field", "no box: neither 'bboxs' nor an 'image' entry 'path###[x1, y1, x2, y2]'")
+    return path, boxes
+
+
+def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
+    if "_error" in raw:
+        raise Reject("bad_field", raw["_error"])
+    question, answer = _question_answer(raw)
+    path, boxes = _image_and_boxes(raw)
+    if not boxes:
         raise Reject("empty_field", "field 'bboxs' is empty")
-    steps = []
-    for k, box in enumerate(bboxs):
-        text = "Find the region that answers the question." if k == 0 else "Look also at this region."
-        steps.append({"text": text, "bbox_px": box})
-    frame = None
-    if raw.get("width") and raw.get("height"):
-        frame = (float(raw["width"]), float(raw["height"]))
+    steps = [{"text": "Find the region that answers the question." if k == 0 else "Look also at this region.", "bbox_px": box}
+             for k, box in enumerate(boxes)]
+    frame = (float(raw["width"]), float(raw["height"])) if raw.get("width") and raw.get("height") else None
     return {"question": question, "answer": answer, "choices": [], "steps": steps,
-            "image_path": os.path.join(opts["image_root"], image), "box_frame": frame,
+            "image_path": os.path.join(opts["image_root"], path), "box_frame": frame,
             "meta": {"question_id": raw.get("question_id"), "dataset": raw.get("dataset"), "source_split": raw.get("split")}}

@@ -83,10 +83,10 @@ def test_unknown_option_is_named(ray_session, tmp_path):
 def test_max_reject_fraction_fails_loudly_after_writing(ray_session, fixtures_dir, tmp_path):
     out = str(tmp_path / "vc")
     opts = {"path": f"{fixtures_dir}/visual_cot/viscot_363k.json", "image_root": f"{fixtures_dir}/visual_cot/images"}
-    with pytest.raises(RejectFractionExceeded, match="11 of 14 records rejected"):
+    with pytest.raises(RejectFractionExceeded, match="10 of 13 records rejected"):
         build_traces("visual_cot", out, options=opts, max_reject_fraction=0.5)
     m = read_manifest(out)
-    assert m["status"] == "failed_reject_fraction" and m["counts"]["rejects"] == 11
+    assert m["status"] == "failed_reject_fraction" and m["counts"]["rejects"] == 10
     assert len(os.listdir(os.path.join(out, "rejects"))) >= 1
 
 
@@ -109,6 +109,6 @@ def test_cli_runs_end_to_end_and_exits_nonzero_past_the_threshold(tmp_path, fixt
            "--option", f"path={fixtures_dir}/visual_cot/viscot_363k.json", "--option", f"image_root={fixtures_dir}/visual_cot/images"]
     ok = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-3000:]
-    assert "rows in 14  rows out 3  rejects 11" in ok.stdout and "decompression_bomb 1" in ok.stdout
+    assert "rows in 13  rows out 3  rejects 10" in ok.stdout and "decompression_bomb 1" in ok.stdout
     bad = subprocess.run(cmd + ["--max-reject-fraction", "0.2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "FAILED" in bad.stderr and "max_reject_fraction" in bad.stderr

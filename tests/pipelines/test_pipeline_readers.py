@@ -13,6 +13,7 @@ from pipelines.io import read_rejects_table, read_traces_table
 def opts_for(source, F):
     return {
         "visual_cot": {"path": f"{F}/visual_cot/viscot_363k.json", "image_root": f"{F}/visual_cot/images"},
+        "visual_cot_metadata": {"path": f"{F}/visual_cot/flickr30k_metadata.jsonl", "image_root": f"{F}/visual_cot/images"},
         "gqa": {"questions": f"{F}/gqa/train_balanced_questions.json", "scene_graphs": f"{F}/gqa/train_sceneGraphs.json",
                 "image_root": f"{F}/gqa/images"},
         "vqav2": {"questions": f"{F}/vqav2/v2_OpenEnded_mscoco_val2014_questions.json", "annotations": f"{F}/vqav2/v2_mscoco_val2014_annotations.json",
@@ -29,7 +30,8 @@ EXPECTED = {
     "visual_cot": ({"train": 3}, {"flickr30k/4": "image_unreadable", "flickr30k/5": "corrupt_image", "flickr30k/6": "corrupt_image",
                                   "flickr30k/7": "decompression_bomb", "flickr30k/8": "image_too_small", "flickr30k/9": "bbox_out_of_range",
                                   "flickr30k/10": "bbox_degenerate", "flickr30k/1": "duplicate_id", "flickr30k/11": "empty_field",
-                                  "flickr30k/12": "empty_field", "flickr30k/13": "image_size_mismatch"}),
+                                  "flickr30k/12": "missing_field"}),
+    "visual_cot_metadata": ({"train": 1}, {"flickr30k/1": "image_size_mismatch", "flickr30k/2": "empty_field"}),
     "gqa": ({"train": 2}, {"05451386": "missing_field", "05451387": "empty_field"}),
     "vqav2": ({"val": 3}, {"73001": "missing_field"}),
     "jsonl": ({"train": 2, "val": 1}, {"data.jsonl:3": "bad_field", "q3": "answer_not_in_choices", "q4": "missing_field"}),
@@ -43,7 +45,8 @@ def built(ray_session, fixtures_dir, tmp_path_factory):
     out = {}
     for source in EXPECTED:
         path = str(tmp_path_factory.mktemp(source) / "out")
-        manifest = build_traces(source, path, options=opts_for(source, fixtures_dir))
+        reader = "visual_cot" if source.startswith("visual_cot") else source
+        manifest = build_traces(reader, path, options=opts_for(source, fixtures_dir))
         out[source] = (path, manifest)
     return out
 
@@ -78,10 +81,17 @@ def test_visual_cot_boxes_follow_the_annotation_frame_and_resizing(built):
     rows = rows_by(path, "train", "question_id")
     assert rows[1]["question"] == "What colour is the box?" and rows[1]["answer"] == "red"
     np.testing.assert_allclose(rows[1]["steps"][0]["bbox"], [20 / 200, 10 / 100, 80 / 200, 60 / 100], atol=1e-6)
-    assert [len(rows[2]["steps"])] == [2]
+    assert len(rows[2]["steps"]) == 1
     big = rows[3]  # 900x600 stored as 448x299: the normalised box is unchanged
     assert (big["width"], big["height"]) == (448, 299)
     np.testing.assert_allclose(big["steps"][0]["bbox"], [0.5, 0.5, 600 / 900, 0.75], atol=1e-6)
+
+
+def test_visual_cot_metadata_layout(built):
+    meta_path, _ = built["visual_cot_metadata"]
+    (meta_row,) = read_traces_table(meta_path, "train").to_pylist()
+    assert meta_row["question"] == "What is on the left?" and len(meta_row["steps"]) == 2
+    np.testing.assert_allclose(meta_row["steps"][1]["bbox"], [0.75, 0.4, 199.6 / 200, 1.0], atol=1e-6)  # 0.4 px past the edge: clipped
 
 
 def test_gqa_program_objects_become_steps(built):
