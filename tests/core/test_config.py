@@ -54,6 +54,10 @@ def test_bad_values_are_clear_errors(override, expected):
         load_config(None, [override])
 
 
+def test_numbers_in_exponent_form():
+    assert load_config(None, ["train.lr=5e-3"]).train.lr == 5e-3
+
+
 def test_string_fields_keep_text():
     cfg = load_config(None, ["train.experiment=007", "data.traces_dir=s3://bucket/traces"])
     assert cfg.train.experiment == "007" and cfg.data.traces_dir == "s3://bucket/traces"
