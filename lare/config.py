@@ -99,6 +99,7 @@ class TrainConfig:
     reset_optimizer_each_stage: bool = opt(True, "Fresh optimizer state at each curriculum stage (as in Coconut).")
     activation_checkpointing: bool = opt(False, "Recompute decoder-layer activations in backward to save memory.")
     fsdp: bool = opt(True, "Shard with FSDP2 fully_shard (decoder layers, vision blocks, root) when num_workers > 1 or on GPU.")
+    reshard_after_forward: bool = opt(False, "FSDP2: free gathered decoder-layer weights after each forward. Off by default: the latent loop runs K+2 forwards per step, each would all-gather every layer again.")
     checkpoint_every: int = opt(50, "Optimizer steps between checkpoints (and at each stage end).")
     keep_checkpoints: int = opt(2, "Checkpoints kept (the newest N).")
     max_failures: int = opt(1, "Worker failures survived by restarting from the last checkpoint.")
