@@ -217,6 +217,9 @@ def ray_cmd(ctx: Ctx):
     env.update(RAY_ADDRESS=f"{HOST}:{p['gcs']}", MLFLOW_TRACKING_URI=ctx.mlflow_url,
                AWS_ENDPOINT_URL=ctx.s3_url, MLFLOW_S3_ENDPOINT_URL=ctx.s3_url)
     env.update(ray_auth_env(ctx))
+    # On SIGTERM Ray drains the node (for Serve) for up to 30 s, waiting for idle workers to return their leases.
+    # A dev head has no Serve traffic to move: a short drain keeps `down` quick after jobs ran.
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "3")
     return argv, env
 
 
@@ -413,6 +416,9 @@ def cmd_up(args) -> int:
     if recs["mlflow"].get("_running") and recs["mlflow"].get("artifacts") != ctx.artifacts:
         print(f"mlflow: already running with --artifacts {recs['mlflow'].get('artifacts')}; "
               f"run `down` first to switch to {ctx.artifacts}")
+    wanted = {"num_cpus": args.num_cpus, "object_store_mb": args.object_store_mb, "auth": not args.no_ray_auth}
+    if running_ray and recs["ray"].get("settings", wanted) != wanted:
+        print(f"ray: started with {recs['ray'].get('settings')}, not {wanted}: run `down` first to apply them")
     if running_ray and recs["ray"].get("env_urls") != [ctx.mlflow_url, ctx.s3_url]:
         print("ray: WARNING its jobs inherit MLflow/S3 URLs from its start "
               f"({recs['ray'].get('env_urls')}); they changed: run `down` and `up` to refresh them")
@@ -430,7 +436,7 @@ def cmd_up(args) -> int:
             rec["artifact_destination"] = ctx.artifact_destination()
         if svc.name == "ray":
             rec.update(temp_dir=str(ctx.ray_temp), token_path=str(ctx.token_path) if ctx.ray_auth else None,
-                       env_urls=[ctx.mlflow_url, ctx.s3_url])
+                       env_urls=[ctx.mlflow_url, ctx.s3_url], settings=wanted)
         ctx.state.save(rec)
         started.append((svc, rec, proc))
         print(f"{svc.name}: starting (pid {proc.pid}, log {log})", flush=True)
