@@ -460,6 +460,8 @@ def cmd_up(args) -> int:
         for s, r, _ in reversed(started):  # undo this call only; what ran before stays up
             print(f"{s.name}: {procs.stop(r['pid'], r['start_token'])}", file=sys.stderr)
             ctx.state.forget(s.name)
+            if s.name == "ray" and r.get("token_path"):
+                Path(r["token_path"]).unlink(missing_ok=True)
         return 1
     ray_rec = ctx.state.load("ray")
     path = write_env(ctx, env_vars(ctx, ray_rec))

@@ -24,6 +24,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("
 SERVICES = ("moto", "mlflow", "ray")
 
 
+def test_failed_up_shows_the_log_and_undoes_only_its_own_starts(tmp_path):
+    """Ray cannot start (its recorded temp dir is a file): up exits 1 with the log's tail, and stops the
+    moto and MLflow it started in the same call."""
+    (tmp_path / "not-a-dir").write_text("")
+    (tmp_path / "ray.json").write_text(json.dumps({"name": "ray", "pid": 2**22 + 1, "start_token": "1", "ports": {"ray": {}},
+                                                   "log": "x", "argv": [], "temp_dir": str(tmp_path / "not-a-dir")}))
+    up = run_stack(tmp_path, "up", "--num-cpus", "1", timeout=240)
+    assert up.returncode == 1
+    assert "ray: FAILED" in up.stderr and "last lines of" in up.stderr and "not-a-dir" in up.stderr
+    pids = [int(line.split("pid ")[1].split(",")[0]) for line in up.stdout.splitlines() if "starting (pid" in line]
+    assert len(pids) == 3
+    for pid in pids:
+        assert not session_members(pid), f"pid {pid} left running after a failed up"
+    assert not list(tmp_path.glob("*.pid")) and not list(tmp_path.glob("*.json"))
+    assert not (tmp_path / "ray_auth_token").exists() and not (tmp_path / "env").exists()
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     state = tmp_path_factory.mktemp("stack")
