@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+CONFIG ?= configs/qwen2.5-vl-7b.yaml
+STACK := $(PY) infra/local/stack.py
 export OMP_NUM_THREADS ?= 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test bench clean
+.PHONY: install demo test bench up down status k8s-check dry-run clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +19,33 @@ install: $(PY)
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]"
 
+# Builds the refocus traces, trains the tiny default with Ray Train, evaluates on the test split, prints
+# the result table and the MLflow UI command. Ray is started on 127.0.0.1 and shut down at the end.
+demo: install
+	$(PY) jobs/demo.py
+
 test: install
 	$(PY) -m pytest -q
+
+# Speed benchmarks (CPU); each prints a table and writes bench/results/*.json.
+bench: install
+	$(PY) bench/latent_cost.py
+	$(PY) bench/data_throughput.py
+	$(PY) bench/train_throughput.py
+
+# The local stack on 127.0.0.1: Ray head, MLflow server, S3 endpoint (docs/infra.md).
+up: install
+	$(STACK) up
+down:
+	$(STACK) down
+status:
+	$(STACK) status
+
+k8s-check:
+	$(PY) infra/k8s/check.py
+
+dry-run:
+	$(PY) jobs/train.py --dry-run --config $(CONFIG)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from lare.config import Config, ConfigError, describe, load_config  # noqa: E402
-from lare.storage import is_remote, redact, worker_env  # noqa: E402
+from lare.config import ConfigError, describe, load_config  # noqa: E402
+from lare.storage import redact  # noqa: E402
 
 log = logging.getLogger("lare.train")
 
@@ -42,34 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def ensure_traces(cfg: Config) -> dict:
-    """The bundled refocus traces are built when missing; other sources must be built with jobs/build_data.py."""
-    from pipelines.io import read_manifest
-
-    try:
-        return read_manifest(cfg.data.traces_dir)
-    except (FileNotFoundError, OSError):
-        pass
-    if cfg.data.source != "refocus" or is_remote(cfg.data.traces_dir) or cfg.data.mixture:
-        raise SystemExit(f"error: no traces at {redact(cfg.data.traces_dir)}; build them first: "
-                         f"python jobs/build_data.py --source {cfg.data.source} --out {redact(cfg.data.traces_dir)}")
-    from pipelines.build import build_traces
-
-    log.info("building the refocus traces into %s", cfg.data.traces_dir)
-    return build_traces("refocus", cfg.data.traces_dir, seed=cfg.train.seed)
-
-
-def storage(cfg: Config) -> tuple[str, object, str]:
-    """(Ray's storage_path, its filesystem or None, the URI prefix of this experiment)."""
-    path = cfg.train.storage_path
-    if path.startswith("s3://"):
-        from lare.storage import s3_filesystem
-
-        return path[len("s3://"):].rstrip("/"), s3_filesystem(), f"{path.rstrip('/')}/{cfg.train.experiment}"
-    local = str(Path(path).resolve())
-    return local, None, f"{local}/{cfg.train.experiment}"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -82,6 +54,8 @@ def main(argv=None) -> dict:
 
         report = dry_run(cfg)
         print(format_report(report))
+        if not report["ok"]:
+            raise SystemExit(1)
         return report
 
     from lare.train.tracking import check_reachable, open_run, resolve_uri
@@ -91,50 +65,23 @@ def main(argv=None) -> dict:
         check_reachable(uri, cfg.tracking.timeout_s)  # fail in seconds, before Ray starts
 
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
+    from lare.train.launch import make_trainer, prepare_data, storage
     from pipelines.io import ensure_ray
 
     started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "TOKENIZERS_PARALLELISM": "false", **worker_env()}
-    if started_here:
+    if started_here:  # workers of a Ray started here import the project from this checkout
         os.environ.setdefault("PYTHONPATH", str(ROOT))
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     # A local Ray gets a few more logical CPUs than cores: Ray Data's read tasks must not starve behind
     # the training workers' reservations (they are mostly I/O).
     ensure_ray(num_cpus=max(os.cpu_count() or 1, cfg.train.num_workers * cfg.train.cpus_per_worker) + 2)
     try:
-        manifest = ensure_traces(cfg)
-        storage_path, storage_fs, experiment_uri = storage(cfg)
+        manifest, dataset, num_rows = prepare_data(cfg)
+        experiment_uri = storage(cfg)[2]
         run_id = open_run(cfg, uri, f"{experiment_uri}/mlflow_run_id") if uri else ""
-        from lare.train.data import steps_per_epoch, training_dataset
-
-        dataset, num_rows = training_dataset(cfg)
-        ctx = ray.data.DataContext.get_current()
-        loop_config = {
-            "config": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(num_rows, cfg), "mlflow_uri": uri,
-            "mlflow_run_id": run_id, "resume_from": args.resume_from, "validate": not args.no_validate,
-            "export_uri": f"{experiment_uri}/export", "manifest": json.dumps(manifest, indent=1, default=str),
-            "fail_at_step": args.inject_failure_at_step,
-            "fail_marker": str(Path(storage_path if storage_fs is None else "/tmp") / f".{cfg.train.experiment}.failed-once"),
-        }
-        from lare.train.loop import train_loop_per_worker
-
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=max(1, cfg.train.num_workers), use_gpu=cfg.train.use_gpu,
-                                         resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-            run_config=RunConfig(
-                name=cfg.train.experiment, storage_path=storage_path, storage_filesystem=storage_fs,
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                worker_runtime_env={"env_vars": env}),
-            datasets={"train": dataset},
-            dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ctx.execution_options),
-        )
+        trainer, loop_config = make_trainer(cfg, dataset, num_rows, manifest=manifest, mlflow_uri=uri,
+                                            mlflow_run_id=run_id, resume_from=args.resume_from,
+                                            validate=not args.no_validate, fail_at_step=args.inject_failure_at_step)
         t0 = time.time()
         result = trainer.fit()
         summary = {"experiment": cfg.train.experiment, "steps": result.metrics.get("step"),

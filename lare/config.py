@@ -35,6 +35,7 @@ PARADIGMS = ("direct", "text_cot", "crop", "latent", "lare")
 @dataclass
 class ModelConfig:
     backbone: str = opt("tiny-qwen2.5-vl", "A tiny preset (tiny-qwen2.5-vl, tiny-qwen3-vl) or a local Hugging Face checkpoint directory.")
+    architecture: str = opt("", "When model.backbone is a checkpoint not on this machine (dry runs): the random-* preset with its architecture.")
     dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "Parameter dtype when loading; FSDP2 mixed precision is set in train.*.")
     attn_implementation: Literal["sdpa", "eager"] = opt("sdpa", "Attention kernel; 'eager' is forced when method.refocus=lm_attention (it needs attention weights).")
     min_pixels: int = opt(28 * 28 * 4, "Smallest image area after Qwen's dynamic resize (pixels).")

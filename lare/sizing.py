@@ -5,7 +5,7 @@
 
 Nothing is allocated or downloaded. `model.backbone` is a preset name or, in production, a local checkpoint
 folder (e.g. /models/Qwen2.5-VL-7B-Instruct). When that folder is not on this machine, the architecture is
-taken from the same-architecture `random-*` preset, chosen from the folder name (`ARCHITECTURES`).
+taken from `model.architecture` (a `random-*` preset), or else chosen from the folder name (`ARCHITECTURES`).
 
 Memory model (per GPU, one Ray Train worker per GPU, world size W = train.num_workers), FSDP2 full sharding
 with the wrapping the training job uses (each decoder layer, each vision block, then the root):
@@ -46,7 +46,8 @@ ASSUMPTIONS = (
     "full fine-tuning: every parameter trainable, AdamW with two fp32 moments",
     "fp32 master weights and fp32 gradient reduction; compute dtype from train.mixed_precision (auto = bf16 on GPU)",
     "FSDP2 units: each decoder layer, each vision block, the root (the rest); the root stays unsharded through backward",
-    "activation checkpointing, when on, covers decoder layers and vision blocks",
+    "decoder layers stay all-gathered from the first forward to backward unless train.reshard_after_forward",
+    "activation checkpointing, when on, recomputes decoder-layer MLPs and whole vision blocks",
     f"prompt text of {PROMPT_TOKENS} tokens; supervised text of data.max_new_tokens tokens",
     "one image per sample at model.max_pixels (the largest the processor produces)",
 )
@@ -100,7 +101,7 @@ def build_meta(cfg: Config):
                 if vlm.get_input_embeddings().num_embeddings < len(processor.tokenizer):
                     vlm.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
                 return LaReModel(vlm, processor, cfg), f"checkpoint config {path / 'config.json'}"
-        preset = architecture_for(backbone)
+        preset = cfg.model.architecture or architecture_for(backbone)
         alt = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=preset))
         return (LaReModel.build(alt, device="meta"),
                 f"preset {preset} (checkpoint {backbone} not on this machine; architecture from its folder name)")
@@ -189,8 +190,9 @@ def dry_run(cfg: Config, gpu_memory_gib: float = H100_GIB, strict: bool = False)
     gated_vision = hasattr(blocks[0].mlp, "gate_proj")
     per_patch = _layer_bytes_per_token(hv, hv, vision.intermediate_size, c, gated=gated_vision)
     ckpt = t.activation_checkpointing
-    if ckpt:
-        lm_act = n_layers * c * h * seq + per_tok * seq
+    if ckpt:  # decoder layers recompute only their MLP (the attention writes the KV cache); vision blocks whole
+        mlp_saved = 4 * c * text.intermediate_size
+        lm_act = n_layers * (per_tok - mlp_saved + c * h) * seq + mlp_saved * seq
         vis_act = len(blocks) * c * hv * patches + per_patch * patches
     else:
         lm_act = n_layers * per_tok * seq
@@ -206,8 +208,9 @@ def dry_run(cfg: Config, gpu_memory_gib: float = H100_GIB, strict: bool = False)
 
     # ---- per-GPU memory -----------------------------------------------------------------------------
     state = 16 * params["total"] / shard
-    if sharded:
-        gathered = c * (root_params + 2 * max(layer_params, block_params))
+    if sharded:  # decoder layers stay gathered through the latent loop unless train.reshard_after_forward
+        lm_gathered = layer_params * (2 if t.reshard_after_forward else n_layers)
+        gathered = c * (root_params + lm_gathered + 2 * block_params)
         grads = (c + 4) * (root_params + max(layer_params, block_params))
     else:  # DDP / single process: unsharded compute copy only when the master weights are fp32 and compute is not
         gathered = c * params["total"] if c != 4 else 0
@@ -289,7 +292,7 @@ def _memory_line(d: dict) -> str:
 
 
 def format_report(d: dict) -> str:
-    p, mem, s, b = d["params"], d["memory_gib"], d["sequence"], d["batch"]
+    p, s, b = d["params"], d["sequence"], d["batch"]
     lines = [
         f"backbone      {d['backbone']}  [{d['model_type']}; {d['architecture']}]",
         f"parameters    total {_b(p['total'])} = backbone {_b(p['backbone'])} (vision {_b(p['vision'])}, "

@@ -25,23 +25,42 @@ def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {}
     if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs = {"endpoint_override": parsed.netloc or parsed.path, "scheme": parsed.scheme or "https"}
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
     return pafs.S3FileSystem(**kwargs)
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path, file://, or s3://bucket/prefix."""
-    uri = str(uri)
-    if uri.startswith("s3://"):
-        return s3_filesystem(), uri[len("s3://"):].rstrip("/")
-    if is_remote(uri):
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs, path
-    return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
+def resolve(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it). s3://bucket/key uses the environment's endpoint and credentials;
+    a URI with a query string (s3://b/k?endpoint_override=...) is handed to pyarrow as is."""
+    path_or_uri = str(path_or_uri)
+    parsed = urlparse(path_or_uri)
+    if filesystem is not None:
+        path = parsed.netloc + parsed.path if parsed.scheme else path_or_uri
+        return filesystem, path.rstrip("/")
+    if parsed.scheme == "s3" and not parsed.query:
+        return s3_filesystem(), (parsed.netloc + parsed.path).rstrip("/")
+    if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+        fs, path = pafs.FileSystem.from_uri(path_or_uri)
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(path_or_uri)
+
+
+def public_uri(path_or_uri: str) -> str:
+    """The URI without a query string or user info: safe to log and to store in a manifest."""
+    parsed = urlparse(path_or_uri)
+    if not parsed.scheme or len(parsed.scheme) == 1:
+        return path_or_uri
+    return f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path}"
+
+
+def read_bytes(path_or_uri: str) -> bytes:
+    fs, path = resolve(path_or_uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
 
 
 def worker_env() -> dict[str, str]:
@@ -50,7 +69,7 @@ def worker_env() -> dict[str, str]:
 
 
 def read_text(uri: str) -> str | None:
-    fs, path = filesystem(uri)
+    fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     with fs.open_input_stream(path) as f:
@@ -58,7 +77,7 @@ def read_text(uri: str) -> str | None:
 
 
 def write_text(uri: str, text: str) -> None:
-    fs, path = filesystem(uri)
+    fs, path = resolve(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
@@ -66,12 +85,12 @@ def write_text(uri: str, text: str) -> None:
 
 def upload_dir(local: str | Path, uri: str) -> str:
     """Copy a local directory to uri (local or S3); returns uri."""
-    fs, path = filesystem(uri)
+    fs, path = resolve(uri)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(str(Path(local).resolve()), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     return uri
 
 
 def redact(text: str) -> str:
-    """Hide credentials embedded in URIs (scheme://user:secret@host)."""
+    """Hide credentials embedded in URIs anywhere in a text (scheme://user:secret@host)."""
     return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@", r"\1***@", str(text))

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lare.storage import public_uri, resolve
 from pipelines import io
 from pipelines.process import RAW_SCHEMA, process_batch, raw_table, row_digest
 from pipelines.schema import REJECT_SCHEMA, SCHEMA_VERSION, TRACE_SCHEMA
@@ -211,13 +212,12 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
     """Build traces of `source` into `out` (folder or s3:// URI); returns the manifest (also written to OUT/manifest.json).
 
     Raises RejectFractionExceeded when rejects / rows in > max_reject_fraction (after writing everything)."""
-    import ray.data
 
     io.ensure_ray()
     t0 = time.time()
     opts = resolve_options(source, options)
     src = get_source(source)
-    fs, root = io.resolve(out, filesystem)
+    fs, root = resolve(out, filesystem)
     prepare_out(fs, root)
 
     make_raw = raw_from_units if hasattr(src, "units") else raw_from_records
@@ -250,7 +250,7 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
         "schema_version": SCHEMA_VERSION,
         "seed": seed,
         "options": {k: v for k, v in sorted(opts.items())},
-        "output": io.public_uri(out),
+        "output": public_uri(out),
         "counts": {"rows_in": rows_in, "rows_out": rows_out, "rejects": n_rejects,
                    "splits": dict(sorted(splits.items())), "rejects_by_reason": dict(sorted(rejects.items()))},
         "content_hash": content,
@@ -265,5 +265,5 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
     if failed:
         raise RejectFractionExceeded(
             f"{n_rejects} of {rows_in} records rejected ({fraction:.1%}) > max_reject_fraction {max_reject_fraction:.1%}; "
-            f"by reason: {dict(rejects)}; see {io.public_uri(out)}/rejects/", manifest)
+            f"by reason: {dict(rejects)}; see {public_uri(out)}/rejects/", manifest)
     return manifest

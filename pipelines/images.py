@@ -17,7 +17,7 @@ def read_bytes(path: str) -> bytes:
     """A local path or a URI (s3://...) to bytes; any failure is a Reject naming the file."""
     try:
         if "://" in path:
-            from pipelines.io import read_bytes as read_uri
+            from lare.storage import read_bytes as read_uri
 
             return read_uri(path)
         with open(path, "rb") as f:

@@ -9,54 +9,13 @@ Layout of a build: OUT/<split>/part-*.parquet, OUT/rejects/part-*.parquet, OUT/m
 
 import json
 import os
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lare.storage import resolve
 from pipelines.schema import REJECT_SCHEMA, TRACE_SCHEMA
-
-
-def s3_filesystem() -> pafs.S3FileSystem:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs = {}
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
-
-
-def resolve(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it). s3://bucket/key uses the environment's endpoint and credentials;
-    a URI with a query string (s3://b/k?endpoint_override=...) is handed to pyarrow as is."""
-    parsed = urlparse(path_or_uri)
-    if filesystem is not None:
-        path = parsed.netloc + parsed.path if parsed.scheme else path_or_uri
-        return filesystem, path.rstrip("/")
-    if parsed.scheme == "s3" and not parsed.query:
-        return s3_filesystem(), (parsed.netloc + parsed.path).rstrip("/")
-    if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
-        fs, path = pafs.FileSystem.from_uri(path_or_uri)
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(path_or_uri)
-
-
-def public_uri(path_or_uri: str) -> str:
-    """The URI without a query string or user info: safe to log and to store in a manifest."""
-    parsed = urlparse(path_or_uri)
-    if not parsed.scheme or len(parsed.scheme) == 1:
-        return path_or_uri
-    return f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path}"
-
-
-def read_bytes(path_or_uri: str) -> bytes:
-    fs, path = resolve(path_or_uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
 
 
 def read_traces(path_or_uri: str, split: str, filesystem: pafs.FileSystem | None = None):

@@ -12,12 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x [B, P, D], mask [B, P] -> [B, D] (mean over the masked-in rows; zero when none)."""
-    w = mask.to(x.dtype)
-    return (x * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
-
-
 class Refocus(nn.Module):
     """Saliency of the P visual tokens from the current reasoning state, and the read-out r_t.
 

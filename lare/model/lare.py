@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from lare.batch import IGNORE, Batch
 from lare.config import Config
-from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus, info_nce, masked_mean
+from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus, info_nce
 from lare.processor import LaReProcessor
 
 ABLATIONS = ("none", "zero_latents", "uniform_refocus", "shuffle_refocus")

@@ -56,24 +56,29 @@ def count_rows(traces: str, split: str) -> int:
     """Rows of a split from the Parquet footers alone (no data read)."""
     import pyarrow.dataset as pads
 
-    from pipelines.io import resolve
+    from lare.storage import resolve
 
     fs, root = resolve(split_uri(traces, split))
     return pads.dataset(root, filesystem=fs, format="parquet").count_rows()
 
 
+def micro_batch_size(cfg: Config) -> int:
+    """train.batch_size is per optimizer step; it is split into train.grad_accum micro-batches."""
+    return max(1, cfg.train.batch_size // cfg.train.grad_accum)
+
+
 def steps_per_epoch(num_rows: int, cfg: Config) -> int:
     """Optimizer steps per epoch on every worker (Ray splits the rows equally)."""
     workers = max(cfg.train.num_workers, 1)
-    per_worker = num_rows // workers
-    return max(1, math.ceil(per_worker / (cfg.train.batch_size * cfg.train.grad_accum)))
+    micro_batches = math.ceil((num_rows // workers) / micro_batch_size(cfg))
+    return max(1, math.ceil(micro_batches / cfg.train.grad_accum))
 
 
 def iter_batches(shard, cfg: Config, processor, stage: int, epoch: int) -> Iterator[Batch | None]:
-    """Collated batches of one epoch from this worker's shard. Yields None for a batch whose every record
-    was rejected (the caller still steps, so all ranks stay in step)."""
-    for table in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="pyarrow",
-                                    local_shuffle_buffer_size=4 * cfg.train.batch_size,
+    """Collated micro-batches of one epoch from this worker's shard. Yields None for a batch whose every
+    record was rejected (the caller still steps, so all ranks stay in step)."""
+    size = micro_batch_size(cfg)
+    for table in shard.iter_batches(batch_size=size, batch_format="pyarrow", local_shuffle_buffer_size=4 * size,
                                     local_shuffle_seed=cfg.train.seed * 1000 + epoch, prefetch_batches=1):
         examples = to_examples(table.to_pylist(), cfg, source=cfg.data.traces_dir)
         yield build_batch(examples, processor, cfg, stage=stage, fixed_slots=True) if examples else None

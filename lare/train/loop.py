@@ -56,6 +56,23 @@ def _mean_across_ranks(sums: dict[str, list[float]], world: int, device) -> dict
     return {n: (t[2 * i] / t[2 * i + 1]).item() if t[2 * i + 1] > 0 else float("nan") for i, n in enumerate(names)}
 
 
+def _groups(items, size: int):
+    """Consecutive lists of `size` items (the micro-batches of one optimizer step); the last may be short."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _sync_gradients(model, sync: bool) -> None:
+    if hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module
+        model.set_requires_gradient_sync(sync)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = Config.from_dict(loop_config["config"])
     ctx = ray.train.get_context()
@@ -125,7 +142,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 optimizer = make_optimizer(model, cfg)  # Coconut: a fresh optimizer at each stage
             position.stage = stage
         skip = position.batch_in_epoch if epoch == position.epoch else 0
-        for i, batch in enumerate(iter_batches(shard, cfg, processor, stage, epoch)):
+        for i, micro_batches in enumerate(_groups(iter_batches(shard, cfg, processor, stage, epoch), cfg.train.grad_accum)):
             if i < skip:
                 continue
             if fail_at is not None and position.step == fail_at and rank == world - 1 \
@@ -135,20 +152,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
             lr = learning_rate(cfg, position.step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if batch is not None:
-                batch = batch.to(device)
-                out = model(batch)
-                out.loss.backward()
-                terms = dict(out.terms, loss=out.loss.item())
-                samples_window += batch.size
-                tokens_window += int(batch.attention_mask.sum())
-            else:  # every record of this batch was rejected: a zero step keeps the ranks in step
-                (sum(p.sum() for p in model.parameters()) * 0.0).backward()
-                terms = {}
-            for name, value in terms.items():
-                if not math.isnan(value):
-                    window[name][0] += value
-                    window[name][1] += 1
+            for j, batch in enumerate(micro_batches):
+                _sync_gradients(model, j == len(micro_batches) - 1)  # reduce-scatter once per step
+                if batch is not None:
+                    batch = batch.to(device)
+                    out = model(batch)
+                    (out.loss / len(micro_batches)).backward()
+                    terms = dict(out.terms, loss=out.loss.item())
+                    samples_window += batch.size
+                    tokens_window += int(batch.attention_mask.sum())
+                else:  # every record of this micro-batch was rejected: a zero step keeps the ranks in step
+                    (sum(p.sum() for p in model.parameters()) * 0.0).backward()
+                    terms = {}
+                for name, value in terms.items():
+                    if not math.isnan(value):
+                        window[name][0] += value
+                        window[name][1] += 1
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()

@@ -8,6 +8,8 @@ no rank but the first ever holds a full copy.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -47,11 +49,13 @@ def build_model(cfg: Config, rank: int, world: int, device: torch.device) -> LaR
             apply_activation_checkpointing(model)
         return model.to(device)
 
-    reference = LaReModel.build(cfg) if rank == 0 else None
-    model = LaReModel.build(cfg, device="meta")
+    reference = LaReModel.build(cfg) if rank == 0 else None  # model.dtype: how the weights are read
+    dtype = compute_dtype(cfg, device)
+    # Sharded master weights in fp32 whenever compute is lower precision (bf16 weights are copied up).
+    master = replace(cfg, model=replace(cfg.model, dtype="float32")) if dtype else cfg
+    model = LaReModel.build(master, device="meta")
     if cfg.train.activation_checkpointing:
         apply_activation_checkpointing(model)
-    dtype = compute_dtype(cfg, device)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
     # Decoder layers run once per latent step: keeping them gathered until backward (reshard_after_forward
     # off) trades one unsharded copy of the language model for K+1 fewer all-gathers per step.
@@ -62,7 +66,10 @@ def build_model(cfg: Config, rank: int, world: int, device: torch.device) -> LaR
     fully_shard(model, mp_policy=mp)
     model.to_empty(device=device)
 
-    full = {k: v for k, v in reference.state_dict().items()} if rank == 0 else {}
+    # Broadcast in the master dtype: every rank's receiving shard has it.
+    master_dtype = next(model.parameters()).dtype
+    full = {k: (v.to(master_dtype) if v.is_floating_point() else v) for k, v in reference.state_dict().items()} \
+        if rank == 0 else {}
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     # Buffers outside the state dict (rotary frequencies) were left uninitialised by to_empty: rank 0 has them.
     ref_buffers = dict(reference.named_buffers()) if rank == 0 else {}

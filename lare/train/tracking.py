@@ -64,21 +64,25 @@ def flat_params(cfg: Config) -> dict[str, str]:
     return {sanitize(k): redact(str(v))[:6000] for k, v in cfg.flat().items()}
 
 
-def open_run(cfg: Config, uri: str, run_id_uri: str) -> str:
-    """The MLflow run of this training: re-attached when the experiment ran before (resume), else new."""
+def experiment_id(client, cfg: Config, uri: str, name: str | None = None) -> str:
+    name = name or cfg.train.experiment
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = cfg.tracking.artifact_location or None
+    if artifacts is None and uri.startswith("sqlite:///"):
+        artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=artifacts)
+
+
+def open_run(cfg: Config, uri: str, run_id_uri: str, parent_run_id: str = "", experiment: str | None = None) -> str:
+    """The MLflow run of this training: re-attached when the experiment ran before (resume), else new.
+    parent_run_id nests it (a Tune trial under its sweep)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    name = cfg.train.experiment
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        artifacts = cfg.tracking.artifact_location or None
-        if artifacts is None and uri.startswith("sqlite:///"):
-            artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        exp_id = client.create_experiment(name, artifact_location=artifacts)
-    else:
-        exp_id = exp.experiment_id
+    exp_id = experiment_id(client, cfg, uri, experiment)
     previous = (read_text(run_id_uri) or "").strip()
     if previous:
         try:
@@ -88,7 +92,10 @@ def open_run(cfg: Config, uri: str, run_id_uri: str) -> str:
                 return previous
         except mlflow.exceptions.MlflowException:
             pass
-    run = client.create_run(exp_id, run_name=cfg.tracking.run_name or None, tags={"lare.paradigm": cfg.method.paradigm})
+    tags = {"lare.paradigm": cfg.method.paradigm}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=cfg.tracking.run_name or cfg.train.experiment, tags=tags)
     params = list(flat_params(cfg).items())
     from mlflow.entities import Param
 

@@ -8,7 +8,6 @@ import copy
 import re
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 import yaml

@@ -60,7 +60,8 @@ def test_estimate_responds_to_world_size_checkpointing_and_batch():
     assert d32["memory_gib"]["sharded_state"] == pytest.approx(d16["memory_gib"]["sharded_state"] / 2)
     assert d32["memory_gib"]["activations"] == pytest.approx(d16["memory_gib"]["activations"])
     no_ckpt = dry_run(load_config(REPO / "configs/qwen2.5-vl-7b.yaml", ["train.activation_checkpointing=false"]))
-    assert no_ckpt["memory_gib"]["activations_per_sample"] > 5 * d16["memory_gib"]["activations_per_sample"]
+    # checkpointing recomputes the decoder MLPs (their intermediates dominate) and whole vision blocks
+    assert no_ckpt["memory_gib"]["activations_per_sample"] > 2.5 * d16["memory_gib"]["activations_per_sample"]
     assert not no_ckpt["ok"] and any(c["key"] == "train.batch_size" and "exceeds" in c["message"] for c in no_ckpt["checks"])
     micro8 = dry_run(load_config(REPO / "configs/qwen2.5-vl-7b.yaml", ["train.grad_accum=1"]))
     assert micro8["batch"]["micro_batch"] == 8

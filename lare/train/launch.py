@@ -1,0 +1,97 @@
+"""From a Config to a ready TorchTrainer: traces, the Ray Dataset, storage, and the Ray Train settings.
+
+Shared by jobs/train.py (one run) and jobs/tune.py (one run per trial).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from lare.config import Config
+from lare.storage import is_remote, redact, worker_env
+from lare.train.data import steps_per_epoch, training_dataset
+from lare.train.loop import train_loop_per_worker
+
+log = logging.getLogger("lare.train")
+
+
+def ensure_traces(cfg: Config) -> dict:
+    """The bundled refocus traces are built when missing; other sources must be built with jobs/build_data.py."""
+    from pipelines.io import read_manifest
+
+    try:
+        return read_manifest(cfg.data.traces_dir)
+    except (FileNotFoundError, OSError):
+        pass
+    if cfg.data.source != "refocus" or is_remote(cfg.data.traces_dir) or cfg.data.mixture:
+        raise SystemExit(f"error: no traces at {redact(cfg.data.traces_dir)}; build them first: "
+                         f"python jobs/build_data.py --source {cfg.data.source} --out {redact(cfg.data.traces_dir)}")
+    from pipelines.build import build_traces
+
+    log.info("building the refocus traces into %s", cfg.data.traces_dir)
+    return build_traces("refocus", cfg.data.traces_dir, seed=cfg.train.seed)
+
+
+def storage(cfg: Config) -> tuple[str, object, str]:
+    """(Ray's storage_path, its filesystem or None, the URI prefix of this experiment)."""
+    path = cfg.train.storage_path
+    if path.startswith("s3://"):
+        from lare.storage import s3_filesystem
+
+        return path[len("s3://"):].rstrip("/"), s3_filesystem(), f"{path.rstrip('/')}/{cfg.train.experiment}"
+    local = str(Path(path).resolve())
+    return local, None, f"{local}/{cfg.train.experiment}"
+
+
+def worker_env_vars() -> dict[str, str]:
+    """What every training worker needs from the driver's environment (storage credentials are never logged)."""
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "TOKENIZERS_PARALLELISM": "false", **worker_env()}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def make_trainer(cfg: Config, dataset: ray.data.Dataset, num_rows: int, *, manifest: dict, mlflow_uri: str = "",
+                 mlflow_run_id: str = "", resume_from: str | None = None, validate: bool = True,
+                 fail_at_step: int | None = None, callbacks: list | None = None,
+                 controller_failure_limit: int = -1) -> tuple[TorchTrainer, dict]:
+    """(the trainer, the loop config it runs with)."""
+    storage_path, storage_fs, experiment_uri = storage(cfg)
+    loop_config = {
+        "config": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(num_rows, cfg), "mlflow_uri": mlflow_uri,
+        "mlflow_run_id": mlflow_run_id, "resume_from": resume_from, "validate": validate,
+        "export_uri": f"{experiment_uri}/export", "manifest": json.dumps(manifest, indent=1, default=str),
+        "fail_at_step": fail_at_step,
+        "fail_marker": str(Path(storage_path if storage_fs is None else "/tmp") / f".{cfg.train.experiment}.failed-once"),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=max(1, cfg.train.num_workers), use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.train.experiment, storage_path=storage_path, storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures,
+                                         controller_failure_limit=controller_failure_limit),
+            worker_runtime_env={"env_vars": worker_env_vars()}, callbacks=callbacks),
+        datasets={"train": dataset},
+        dataset_config=DataConfig(datasets_to_split=["train"],
+                                  execution_options=ray.data.DataContext.get_current().execution_options),
+    )
+    return trainer, loop_config
+
+
+def prepare_data(cfg: Config) -> tuple[dict, ray.data.Dataset, int]:
+    """(the traces' manifest, the training dataset, its row count); builds the bundled traces if missing."""
+    manifest = ensure_traces(cfg)
+    dataset, rows = training_dataset(cfg)
+    return manifest, dataset, rows
