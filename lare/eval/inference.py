@@ -342,6 +342,9 @@ def run_inference(model, items: list[EvalItem], *, ablations: Sequence[str] = ("
         import ray
 
         from lare.storage import worker_env
+        from pipelines.io import ensure_ray
+
+        ensure_ray()  # a Ray already up (or $RAY_ADDRESS) is used; never a bare ray.init() onto someone else's cluster
 
         remote_args = {"runtime_env": {"env_vars": worker_env()}} if worker_env() else {}  # S3 credentials, never logged
         ds = ray.data.from_items(records)
@@ -351,12 +354,17 @@ def run_inference(model, items: list[EvalItem], *, ablations: Sequence[str] = ("
         # Only the small result columns come back to the driver: images stay in the object store.
         rows = [{k: _plain(v) for k, v in row.items()} for row in ds.take_all()]
     else:
+        was_training = getattr(model, "training", False)  # a model lent by a training loop goes back as it came
         predictor = ModelPredictor(uri, **kwargs) if uri else ModelPredictor(model=model, **kwargs)
         rows = []
-        for i in range(0, len(records), batch_size):
-            chunk = records[i:i + batch_size]
-            out = predictor({k: [r[k] for r in chunk] for k in ("benchmark", "id", "image", "question", "choices", "answer")})
-            rows += [dict(zip(out, values)) for values in zip(*out.values())]
+        try:
+            for i in range(0, len(records), batch_size):
+                chunk = records[i:i + batch_size]
+                out = predictor({k: [r[k] for r in chunk] for k in ("benchmark", "id", "image", "question", "choices", "answer")})
+                rows += [dict(zip(out, values)) for values in zip(*out.values())]
+        finally:
+            if uri is None:
+                model.train(was_training)
     order = {(r["benchmark"], r["id"]): i for i, r in enumerate(records)}
     rank = {a: i for i, a in enumerate(ablations)}
     rows.sort(key=lambda r: (order[(r["benchmark"], r["id"])], rank[r["ablation"]]))

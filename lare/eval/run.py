@@ -107,10 +107,12 @@ def evaluate_model(model_or_dir, benchmarks: Sequence[str], data_root: str | Pat
                    batch_size: int = 8, ablation: str | Sequence[str] = "none", use_ray: bool = False,
                    max_new_tokens: int | None = None, concurrency: int = 1, num_gpus_per_actor: float = 0,
                    skip_missing: bool = False) -> dict:
-    """Evaluate one model (a LaReModel in memory, or an export directory) without files or MLflow.
+    """Evaluate one model without files or MLflow: a LaReModel in memory (in-process; its train/eval mode is
+    restored afterwards), or a location (export folder, s3://, runs:/, models:/ with $MLFLOW_TRACKING_URI).
 
     Returns {"paradigm", "results": one row per benchmark x ablation (see lare.eval.report), "predictions": one
-    row per item and ablation}. use_ray=True needs a directory and an initialised Ray."""
+    row per item and ablation}. use_ray=True: a Ray Data actor pool (Ray already up, $RAY_ADDRESS, or a local
+    Ray started on 127.0.0.1); it needs a location, not an object."""
     ablations = [ablation] if isinstance(ablation, str) else list(ablation)
     if isinstance(model_or_dir, (str, Path)):
         paradigm = describe_model(str(model_or_dir)).paradigm

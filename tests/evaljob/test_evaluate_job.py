@@ -24,11 +24,11 @@ MAX_NEW = 6
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A lare model with the pixel decoder and a direct baseline, saved as exports."""
+    """A lare model with the pixel decoder, a direct and a crop baseline, saved as exports."""
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, extra in {"lare": [f"method.latent_steps={LATENT_STEPS}", "method.pixel_decoder=true"],
-                        "direct": []}.items():
+                        "direct": [], "crop": []}.items():
         cfg = load_config(None, ["model.backbone=tiny-qwen2.5-vl", f"method.paradigm={name}", *extra])
         LaReModel.build(cfg).save_pretrained(root / name)
         out[name] = root / name
@@ -52,6 +52,7 @@ def expected_account(processor, item: dict, latent: bool) -> dict:
     return {"visual": n_vis, "prompt_text": len(prompt) - n_vis + (1 if latent else 0)}  # + <|lare_start|>
 
 
+@pytest.mark.slow
 def test_job_with_ray_data_compares_paradigms_and_ablations(tmp_path, models, data_root, ray_session, mlflow_server):
     from mlflow.tracking import MlflowClient
 
@@ -86,7 +87,7 @@ def test_job_with_ray_data_compares_paradigms_and_ablations(tmp_path, models, da
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == sum(len(v) for v in items.values()) * 3
     by_id = {(it.benchmark, it.id): it for v in items.values() for it in v}
-    processors = {m: LaReModel.from_pretrained(models[m]).processor for m in models}
+    processors = {m: LaReModel.from_pretrained(models[m]).processor for m in ("lare", "direct")}
     for p in preds:
         t = p["tokens"]
         assert t["total"] == t["visual"] + t["prompt_text"] + t["latent"] + t["generated"] + t["crop_visual"]
@@ -176,17 +177,20 @@ def test_ablations_reach_the_model_and_latent_trace_matches_generation(models, d
         size = model.cfg.method.pixel_size
         assert strip.size == (LATENT_STEPS * size, size)
 
-    # The Python API (what the paradigm benchmark and Tune call): in memory, no files, no MLflow.
+    # The Python API (what the paradigm benchmark and Tune call): in memory, no files, no MLflow; a model
+    # lent in training mode goes back in training mode.
+    model.train()
     res = evaluate_model(model, ["refocus", "pope"], data_root, limit=1, batch_size=4,
                          ablation=["none", "zero_latents"], max_new_tokens=2)
     assert res["paradigm"] == "lare" and len(res["results"]) == 4
     assert {(r["benchmark"], r["ablation"]) for r in res["results"]} == {
         (b, a) for b in ("refocus", "pope") for a in ("none", "zero_latents")}
-    assert all(r["tokens"]["latent"] == LATENT_STEPS for r in res["results"])
+    assert all(r["tokens"]["latent"] == LATENT_STEPS for r in res["results"]) and model.training
     with pytest.raises(EvalError, match="do not apply to a 'direct' model"):
         evaluate_model(models["direct"], ["pope"], data_root, ablation="zero_latents")
 
 
+@pytest.mark.slow
 def test_runs_and_models_uris_against_a_tracking_server(tmp_path, models, data_root, mlflow_server):
     from mlflow.tracking import MlflowClient
 
@@ -219,6 +223,7 @@ def test_runs_and_models_uris_against_a_tracking_server(tmp_path, models, data_r
     assert {"evaluation/b/results.json", "evaluation/b/results.md"} <= logged
 
 
+@pytest.mark.slow
 def test_s3_model_directory(tmp_path, models, data_root, moto_s3):
     import boto3
 
@@ -253,11 +258,16 @@ def test_clear_errors(tmp_path, models, data_root, capsys):
 
 
 def test_skip_missing_and_paradigm_filter(tmp_path, models, data_root):
-    summary = eval_job.main(["--model", f"{models['lare']},{models['direct']}", "--paradigm", "direct",
-                             "--benchmarks", "pope,mmstar", "--skip-missing", "--data-root", str(data_root),
-                             "--limit", "1", "--no-ray", "--no-tracking", "--max-new-tokens", "2",
-                             "--out", str(tmp_path / "out")])
-    assert [(r["model"], r["benchmark"]) for r in summary["results"]] == [("direct", "pope")]
+    summary = eval_job.main(["--model", f"{models['lare']},{models['direct']},{models['crop']}",
+                             "--paradigm", "direct,crop", "--benchmarks", "pope,mmstar", "--skip-missing",
+                             "--data-root", str(data_root), "--limit", "1", "--no-ray", "--no-tracking",
+                             "--max-new-tokens", "4", "--out", str(tmp_path / "out")])
+    assert [(r["model"], r["benchmark"]) for r in summary["results"]] == [("direct", "pope"), ("crop", "pope")]
+    preds = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    for p in preds:  # a crop model's account: what each re-encoded box appended is crop_visual
+        assert p["tokens"]["latent"] == 0 and isinstance(p["crop_boxes"], list)
+        assert (p["tokens"]["crop_visual"] > 0) == bool(p["crop_boxes"])
+        assert p["tokens"]["total"] == sum(v for k, v in p["tokens"].items() if k != "total")
 
 
 def test_help_lists_every_option(capsys):
