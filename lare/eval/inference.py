@@ -1,0 +1,373 @@
+"""Batch inference for evaluation: one model, many benchmark items, every requested ablation.
+
+One callable class, `ModelPredictor`, serves both ways of running:
+
+- Ray Data batch inference: `ray.data.from_items(records).map_batches(ModelPredictor, concurrency=N, ...)`, an
+  actor pool where each actor loads the model once (on its GPU when it was given one) and generates batch after
+  batch. This is what the evaluation job uses.
+- in-process (`use_ray=False`): the same class called on slices of the records; for small sets, for the paradigm
+  benchmark and Tune (which already hold a model), and for tests.
+
+Per input row and ablation the predictor returns one row: the generated text, the answer extracted from it, the
+token account of `lare.model.generate` (one column per bucket), the latency per sample (the batch's generation
+wall time divided by its rows), and for the few rows asked for heatmaps the refocus maps and, when the model has a
+pixel decoder, the regions its latents render. Crop models also return the boxes they re-encoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from lare.eval.readers import EvalItem
+from lare.model.generate import TOKEN_KEYS
+from lare.storage import filesystem, is_remote, redact
+
+TOKEN_COLUMNS = tuple(f"tok_{k}" for k in TOKEN_KEYS)
+COLUMNS = ("benchmark", "id", "ablation", "text", "answer", *TOKEN_COLUMNS, "latency_s", "boxes", "refocus", "regions")
+
+# Which ablations mean something for which paradigm: without latents there is nothing to zero, and only
+# lare has a refocus to make uniform or to shuffle.
+ABLATION_PARADIGMS = {
+    "none": ("direct", "text_cot", "crop", "latent", "lare"),
+    "zero_latents": ("latent", "lare"),
+    "uniform_refocus": ("lare",),
+    "shuffle_refocus": ("lare",),
+}
+
+
+def applicable(ablation: str, paradigm: str) -> bool:
+    if ablation not in ABLATION_PARADIGMS:
+        raise ValueError(f"unknown ablation {ablation!r}; known: {sorted(ABLATION_PARADIGMS)}")
+    return paradigm in ABLATION_PARADIGMS[ablation]
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: where they come from. The driver reads only lare_config.json; each actor fetches the whole export
+# itself (on a cluster the driver's disk is not the actors').
+
+CONFIG_FILE = "lare_config.json"
+
+
+class ModelNotFound(FileNotFoundError):
+    """A model that is not a LaRe export, or cannot be fetched; the message names what was looked at."""
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    return str(spec).startswith(("runs:/", "models:/"))
+
+
+def _registered_source(spec: str, tracking_uri: str | None) -> str:
+    """Where the files of models:/<name>/<version> (or models:/<name>@<alias>) are. Asked of the registry
+    explicitly: MLflow's own models:/ download reads the process-wide registry URI, not the tracking URI given."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri)
+    rest = spec[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+    else:
+        raise ValueError("expected models:/<name>/<version> or models:/<name>@<alias>")
+    return client.get_model_version_download_uri(name, version)
+
+
+def _mlflow_download(spec: str, path: str, dst: Path, tracking_uri: str | None) -> Path:
+    """Download `path` below the artifacts of spec ('' = all of them) into dst."""
+    import mlflow
+
+    try:
+        source = spec if spec.startswith("runs:/") else _registered_source(spec, tracking_uri)
+        uri = f"{source.rstrip('/')}/{path}" if path else source
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri))
+    except Exception as e:  # MlflowException, RestException, OSError: all mean "cannot get it"
+        raise ModelNotFound(f"model {spec}: cannot download {path or 'it'} from MLflow at {redact(tracking_uri or '')}: "
+                            f"{type(e).__name__}: {redact(str(e))[:300]}") from None
+
+
+def _check_config(text: str, where: str) -> dict:
+    try:
+        cfg = json.loads(text)
+        if not isinstance(cfg["method"]["paradigm"], str):
+            raise TypeError("not a string")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModelNotFound(f"{where}: field method.paradigm missing or invalid ({type(e).__name__}: {e})") from None
+    return cfg
+
+
+def read_model_config(spec: str, tracking_uri: str | None = None) -> dict:
+    """The lare_config.json of a model (the export folder itself or its model/ subfolder), without fetching
+    the weights. spec: a local folder, s3://... (any pyarrow URI), runs:/<id>[/<path>], models:/<name>/<version>."""
+    spec = str(spec)
+    tried = []
+    if is_mlflow_uri(spec):
+        with tempfile.TemporaryDirectory(prefix="lare-config-") as tmp:
+            for sub in ("", "model/"):
+                try:
+                    local = _mlflow_download(spec, sub + CONFIG_FILE, Path(tmp) / (sub or "top"), tracking_uri)
+                    return _check_config(local.read_text(), f"model {spec}: {sub}{CONFIG_FILE}")
+                except ModelNotFound as e:
+                    if "field method.paradigm" in str(e):
+                        raise
+                    tried.append(str(e))
+        raise ModelNotFound(f"model {spec}: no {CONFIG_FILE} in it or in its model/ folder: {tried[-1]}")
+    if is_remote(spec):
+        import pyarrow.fs as pafs
+
+        fs, root = filesystem(spec)
+        if fs.get_file_info(root).type != pafs.FileType.Directory:
+            raise ModelNotFound(f"model {redact(spec)}: no such directory")
+        for sub in ("", "model/"):
+            path = f"{root}/{sub}{CONFIG_FILE}"
+            if fs.get_file_info(path).type == pafs.FileType.File:
+                with fs.open_input_stream(path) as f:
+                    return _check_config(f.read().decode(), f"model {redact(spec)}: {sub}{CONFIG_FILE}")
+        raise ModelNotFound(f"model {redact(spec)} is not a LaRe export directory (no {CONFIG_FILE} in it or in its model/)")
+    path = _export_dir(Path(spec).expanduser(), spec)
+    return _check_config((path / CONFIG_FILE).read_text(), str(path / CONFIG_FILE))
+
+
+def _export_dir(path: Path, spec: str) -> Path:
+    if not path.is_dir():
+        raise ModelNotFound(f"model directory {path} does not exist")
+    for candidate in (path, path / "model"):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ModelNotFound(f"model {redact(spec)}: {path} is not a LaRe export directory (no {CONFIG_FILE} in it or "
+                        f"in its model/ folder)")
+
+
+def fetch_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> Path:
+    """A local export directory for spec: the folder itself when local, else downloaded into workdir."""
+    spec = str(spec)
+    if is_mlflow_uri(spec):
+        local = _mlflow_download(spec, "", workdir, tracking_uri)
+    elif is_remote(spec):
+        import pyarrow.fs as pafs
+
+        fs, root = filesystem(spec)
+        if fs.get_file_info(root).type != pafs.FileType.Directory:
+            raise ModelNotFound(f"model {redact(spec)}: no such directory")
+        local = workdir
+        pafs.copy_files(root, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    else:
+        local = Path(spec).expanduser()
+    return _export_dir(local, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+def inference_records(items: Iterable[EvalItem]) -> list[dict]:
+    """The rows the predictor reads: EvalItem.to_record() with `benchmark` added (ids are unique only within a
+    benchmark) and the choices as JSON text (Arrow types a column of empty lists as list<null>, which numpy batches
+    turn into awkward object arrays); the empty `steps` column is dropped for the same reason."""
+    out = []
+    for it in items:
+        rec = it.to_record()
+        rec.pop("steps")
+        rec["benchmark"] = it.benchmark
+        rec["choices"] = json.dumps(list(it.choices))
+        out.append(rec)
+    return out
+
+
+def _png(array) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def latent_trace(model, batch, ablation: str = "none"):
+    """The latent pass of `generate` again, for the latents z it does not return: (z [B, K, D], refocus weights
+    [B, K, P] or None, the slots used [B, K]).
+
+    It repeats generate's prefill and latent loop with the same inputs (so the same numbers; a test checks the
+    refocus weights against Generation.refocus). It is only run for the few heatmap samples of a model with a pixel
+    decoder. Once Generation carries the latents itself this helper goes away."""
+    import torch
+
+    from lare.model.lare import DecodeState, _image_positions
+
+    with torch.no_grad():
+        p, m = model.processor, model.cfg.method
+        B = batch.size
+        ctx = model.encode_images(batch)
+        embeds = model.embed(batch.input_ids, ctx.features)
+        positions = model.rope_positions(batch.input_ids, batch.mm_token_type_ids, batch.image_grid_thw,
+                                         batch.attention_mask)
+        state = DecodeState(model)
+        want_attn = model.paradigm == "lare" and m.refocus == "lm_attention"
+        vis, ds = model.deepstack_rows(ctx, batch.input_ids, 0, batch.input_ids.shape[1])
+        hidden, lm_attn = state.append(embeds, positions, batch.attention_mask, vis, ds, want_attn)
+        start = positions.masked_fill(batch.attention_mask[None] == 0, -1).amax(dim=(0, 2)) + 1
+        image_positions = _image_positions(batch.input_ids, p.image_token_id, ctx.vmask)
+        slot_mask = torch.ones(B, m.latent_steps, dtype=torch.bool, device=batch.input_ids.device)
+        _, zs, weights, _, used = model.run_latents(
+            state, hidden[:, -1], lm_attn, ctx, image_positions, lambda t: (start + t)[None, :, None].expand(3, B, 1),
+            slot_mask, ablation, adaptive=m.adaptive_stop)
+        return zs, weights, used
+
+
+class ModelPredictor:
+    """Loads a LaRe model once (Ray Data creates one per actor) and generates for batches of inference records.
+
+    model_uri: a LaRe export (local folder, s3://, runs:/, models:/; fetched here, so on a cluster each actor
+    downloads its own copy); or model=: a LaReModel already in memory (in-process only).
+    heatmap_keys: (benchmark, id) pairs whose refocus maps (and decoded regions) come back."""
+
+    def __init__(self, model_uri: str | None = None, *, model=None, tracking_uri: str | None = None,
+                 ablations: Sequence[str] = ("none",), max_new_tokens: int | None = None,
+                 heatmap_keys: Iterable[Sequence[str]] = (), device: str | None = None):
+        import torch
+
+        from lare.model import LaReModel
+
+        if model is None:
+            if model_uri is None:
+                raise ValueError("ModelPredictor needs model_uri or model")
+            # The weights are in memory once loaded: a downloaded copy is not kept.
+            with tempfile.TemporaryDirectory(prefix="lare-model-") as tmp:
+                model = LaReModel.from_pretrained(fetch_model(model_uri, Path(tmp), tracking_uri))
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device) if device else model.device
+        self.model = model.to(self.device).eval()
+        bad = [a for a in ablations if not applicable(a, model.paradigm)]
+        if bad:
+            raise ValueError(f"ablations {bad} do not apply to a {model.paradigm!r} model")
+        self.ablations = tuple(ablations)
+        self.max_new_tokens = max_new_tokens
+        self.heatmap_keys = {tuple(k) for k in heatmap_keys}
+
+    def __call__(self, batch: dict) -> dict[str, list]:
+        import torch
+
+        from lare.batch import build_batch, example_from_record
+
+        model, cfg = self.model, self.model.cfg
+        n = len(batch["id"])
+        keys = [(str(batch["benchmark"][i]), str(batch["id"][i])) for i in range(n)]
+        examples = []
+        for i in range(n):
+            rec = {"id": keys[i][1], "image": batch["image"][i], "question": str(batch["question"][i]),
+                   "choices": json.loads(str(batch["choices"][i])), "answer": str(batch["answer"][i]), "steps": []}
+            examples.append(example_from_record(rec, cfg.data.max_steps, source=keys[i][0]))
+        prompt = build_batch(examples, model.processor, cfg, prompt_only=True).to(self.device)
+        wanted = [k in self.heatmap_keys for k in keys]
+
+        out: dict[str, list] = {c: [] for c in COLUMNS}
+        for ablation in self.ablations:
+            t0 = time.perf_counter()
+            gen = model(prompt, mode="generate", ablation=ablation, max_new_tokens=self.max_new_tokens)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            latency = (time.perf_counter() - t0) / n
+            regions = self._regions(prompt, ablation) if model.pixel is not None and any(wanted) else None
+            for b in range(n):
+                out["benchmark"].append(keys[b][0])
+                out["id"].append(keys[b][1])
+                out["ablation"].append(ablation)
+                out["text"].append(gen.texts[b])
+                out["answer"].append(gen.answers[b])
+                for key, col in zip(TOKEN_KEYS, TOKEN_COLUMNS):
+                    out[col].append(int(gen.tokens[b][key]))
+                out["latency_s"].append(latency)
+                out["boxes"].append(json.dumps(gen.boxes[b]))  # crop: the boxes the model re-encoded
+                maps = gen.refocus[b]
+                # Refocus maps as JSON text ([steps][rows][cols]): ragged across samples, tiny, and a plain
+                # string column travels through Arrow without surprises.
+                out["refocus"].append(json.dumps(maps.tolist()) if wanted[b] and maps is not None else "")
+                out["regions"].append(regions[b] if wanted[b] and regions is not None else b"")
+        return out
+
+    def _regions(self, prompt, ablation: str) -> list[bytes]:
+        """Per sample, the pixel decoder's rendering of each latent step, side by side in one PNG strip
+        (steps x pixel_size wide, pixel_size high)."""
+        zs, _, used = latent_trace(self.model, prompt, ablation)
+        strips = []
+        for b in range(prompt.size):
+            z = zs[b, used[b]]
+            if z.shape[0] == 0:
+                strips.append(b"")
+                continue
+            img = self.model.pixel(z.to(next(self.model.pixel.parameters()).dtype)).float().clamp(0, 1)  # [k, 3, S, S]
+            strip = (img.permute(2, 0, 3, 1).reshape(img.shape[2], -1, 3) * 255).round().byte().cpu().numpy()
+            strips.append(_png(strip))
+        return strips
+
+
+def _plain(value):
+    """numpy scalars and arrays from Ray rows as plain Python values."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def _model_uri(model) -> str | None:
+    """A model given by location, as a string the actors can use (local paths made absolute: Ray workers run
+    in other folders); None for a model object."""
+    if isinstance(model, (str, os.PathLike)):
+        spec = str(model)
+        return spec if is_mlflow_uri(spec) or is_remote(spec) else str(Path(spec).expanduser().resolve())
+    return None
+
+
+def run_inference(model, items: list[EvalItem], *, ablations: Sequence[str] = ("none",), batch_size: int = 8,
+                  use_ray: bool = True, concurrency: int = 1, num_gpus: float = 0, max_new_tokens: int | None = None,
+                  heatmap_keys: Iterable[Sequence[str]] = (), tracking_uri: str | None = None) -> list[dict]:
+    """One row per item and ablation (COLUMNS), in item order then ablation order.
+
+    model: a location (folder, s3://, runs:/, models:/) or, in-process only, a LaReModel.
+    use_ray: Ray Data with an actor pool of `concurrency` actors, each with `num_gpus` GPUs (the caller has
+    initialised Ray). Otherwise in-process."""
+    if not items:
+        return []
+    records = inference_records(items)
+    uri = _model_uri(model)
+    kwargs = {"ablations": list(ablations), "max_new_tokens": max_new_tokens, "tracking_uri": tracking_uri,
+              "heatmap_keys": [list(k) for k in heatmap_keys]}
+    if use_ray:
+        if uri is None:
+            raise ValueError("use_ray=True needs the model's location (each actor loads it), not a model object")
+        import ray
+
+        from lare.storage import worker_env
+        from pipelines.io import ensure_ray
+
+        ensure_ray()  # a Ray already up (or $RAY_ADDRESS) is used; never a bare ray.init() onto someone else's cluster
+
+        remote_args = {"runtime_env": {"env_vars": worker_env()}} if worker_env() else {}  # S3 credentials, never logged
+        ds = ray.data.from_items(records)
+        ds = ds.map_batches(ModelPredictor, fn_constructor_kwargs={"model_uri": uri, **kwargs},
+                            batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus or None,
+                            batch_format="numpy", **remote_args)
+        # Only the small result columns come back to the driver: images stay in the object store.
+        rows = [{k: _plain(v) for k, v in row.items()} for row in ds.take_all()]
+    else:
+        was_training = getattr(model, "training", False)  # a model lent by a training loop goes back as it came
+        predictor = ModelPredictor(uri, **kwargs) if uri else ModelPredictor(model=model, **kwargs)
+        rows = []
+        try:
+            for i in range(0, len(records), batch_size):
+                chunk = records[i:i + batch_size]
+                out = predictor({k: [r[k] for r in chunk] for k in ("benchmark", "id", "image", "question", "choices", "answer")})
+                rows += [dict(zip(out, values)) for values in zip(*out.values())]
+        finally:
+            if uri is None:
+                model.train(was_training)
+    order = {(r["benchmark"], r["id"]): i for i, r in enumerate(records)}
+    rank = {a: i for i, a in enumerate(ablations)}
+    rows.sort(key=lambda r: (order[(r["benchmark"], r["id"])], rank[r["ablation"]]))
+    for r in rows:
+        r["regions"] = bytes(r["regions"]) if r["regions"] is not None else b""
+    return rows
