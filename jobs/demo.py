@@ -62,21 +62,25 @@ def main() -> None:
     try:
         summary = train_job.main(["--config", str(CONFIG)])
         t_train = time.time() - t0
-        results = evaluate_model(summary["export"], ["refocus"], cfg.data.traces_dir, use_ray=False,
-                                 batch_size=cfg.train.batch_size, splits=("test",))
+        evaluation = evaluate_model(summary["export"], ["refocus"], cfg.data.traces_dir, use_ray=False,
+                                    batch_size=cfg.train.batch_size)
     finally:
         ray.shutdown()
 
-    metrics = results["refocus"]["metrics"]
-    tokens = results["refocus"]["tokens"]
+    (row,) = [r for r in evaluation["results"] if r["benchmark"] == "refocus"]
+    test = row["metrics"]["by_split"]["test"]
+    tokens = row["tokens"]
     baseline = question_only_baseline(cfg.data.traces_dir, "test")
     print("\nLaRe demo: tiny Qwen2.5-VL preset, lare paradigm, refocus benchmark (test split)\n")
     print(f"| {'question family':<16} | {'LaRe accuracy':>13} | {'question-only':>13} |")
     print(f"|{'-' * 18}|{'-' * 15}|{'-' * 15}|")
     for family in sorted(k for k in baseline if k != "overall"):
-        acc = metrics.get("per_family", {}).get(family, {}).get("accuracy", float("nan"))
+        acc = test["by_family"].get(family, {}).get("acc", float("nan"))
         print(f"| {family:<16} | {acc:>12.1f}% | {baseline[family]:>12.1f}% |")
-    print(f"| {'overall':<16} | {metrics['accuracy']:>12.1f}% | {baseline['overall']:>12.1f}% |")
+    print(f"| {'overall':<16} | {test['acc']:>12.1f}% | {baseline['overall']:>12.1f}% |")
+    hard = row["metrics"]["by_split"].get("hard")
+    if hard:
+        print(f"| {'hard split':<16} | {hard['acc']:>12.1f}% | {'':>13} |")
     print(f"\nmean tokens per answer: {tokens['total']:.1f} (visual {tokens['visual']:.1f}, prompt {tokens['prompt_text']:.1f}, "
           f"latent {tokens['latent']:.1f}, generated {tokens['generated']:.1f})")
     print(f"trained {summary['steps']} steps in {t_train / 60:.1f} min; whole demo {(time.time() - t0) / 60:.1f} min")

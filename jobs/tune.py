@@ -118,9 +118,10 @@ def main(argv=None) -> dict:
             tuner = tune.Tuner(
                 trial, param_space=space,
                 tune_config=tune.TuneConfig(
-                    metric=METRIC, mode="max", num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
+                    metric=METRIC, mode="max", num_samples=args.num_samples + len(points),
                     scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=args.grace_period),
-                    search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=args.seed)),
+                    search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=args.seed,
+                                                     max_concurrent=args.max_concurrent)),
                 run_config=tune.RunConfig(name="sweep", storage_path=tune_storage, storage_filesystem=tune_fs))
         results = tuner.fit()
         best = results.get_best_result(metric=METRIC, mode="max", scope="all")

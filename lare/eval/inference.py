@@ -188,37 +188,6 @@ def _png(array) -> bytes:
     return buf.getvalue()
 
 
-def latent_trace(model, batch, ablation: str = "none"):
-    """The latent pass of `generate` again, for the latents z it does not return: (z [B, K, D], refocus weights
-    [B, K, P] or None, the slots used [B, K]).
-
-    It repeats generate's prefill and latent loop with the same inputs (so the same numbers; a test checks the
-    refocus weights against Generation.refocus). It is only run for the few heatmap samples of a model with a pixel
-    decoder. Once Generation carries the latents itself this helper goes away."""
-    import torch
-
-    from lare.model.lare import DecodeState, _image_positions
-
-    with torch.no_grad():
-        p, m = model.processor, model.cfg.method
-        B = batch.size
-        ctx = model.encode_images(batch)
-        embeds = model.embed(batch.input_ids, ctx.features)
-        positions = model.rope_positions(batch.input_ids, batch.mm_token_type_ids, batch.image_grid_thw,
-                                         batch.attention_mask)
-        state = DecodeState(model)
-        want_attn = model.paradigm == "lare" and m.refocus == "lm_attention"
-        vis, ds = model.deepstack_rows(ctx, batch.input_ids, 0, batch.input_ids.shape[1])
-        hidden, lm_attn = state.append(embeds, positions, batch.attention_mask, vis, ds, want_attn)
-        start = positions.masked_fill(batch.attention_mask[None] == 0, -1).amax(dim=(0, 2)) + 1
-        image_positions = _image_positions(batch.input_ids, p.image_token_id, ctx.vmask)
-        slot_mask = torch.ones(B, m.latent_steps, dtype=torch.bool, device=batch.input_ids.device)
-        _, zs, weights, _, used = model.run_latents(
-            state, hidden[:, -1], lm_attn, ctx, image_positions, lambda t: (start + t)[None, :, None].expand(3, B, 1),
-            slot_mask, ablation, adaptive=m.adaptive_stop)
-        return zs, weights, used
-
-
 class ModelPredictor:
     """Loads a LaRe model once (Ray Data creates one per actor) and generates for batches of inference records.
 
@@ -272,7 +241,7 @@ class ModelPredictor:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             latency = (time.perf_counter() - t0) / n
-            regions = self._regions(prompt, ablation) if model.pixel is not None and any(wanted) else None
+            regions = self._regions(gen.latents) if model.pixel is not None and any(wanted) else None
             for b in range(n):
                 out["benchmark"].append(keys[b][0])
                 out["id"].append(keys[b][1])
@@ -290,17 +259,19 @@ class ModelPredictor:
                 out["regions"].append(regions[b] if wanted[b] and regions is not None else b"")
         return out
 
-    def _regions(self, prompt, ablation: str) -> list[bytes]:
+    def _regions(self, latents) -> list[bytes]:
         """Per sample, the pixel decoder's rendering of each latent step, side by side in one PNG strip
         (steps x pixel_size wide, pixel_size high)."""
-        zs, _, used = latent_trace(self.model, prompt, ablation)
+        import torch
+
         strips = []
-        for b in range(prompt.size):
-            z = zs[b, used[b]]
-            if z.shape[0] == 0:
+        pixel = self.model.pixel
+        for z in latents:
+            if z is None or z.shape[0] == 0:
                 strips.append(b"")
                 continue
-            img = self.model.pixel(z.to(next(self.model.pixel.parameters()).dtype)).float().clamp(0, 1)  # [k, 3, S, S]
+            with torch.no_grad():
+                img = pixel(z.to(self.device, next(pixel.parameters()).dtype)).float().clamp(0, 1)  # [k, 3, S, S]
             strip = (img.permute(2, 0, 3, 1).reshape(img.shape[2], -1, 3) * 255).round().byte().cpu().numpy()
             strips.append(_png(strip))
         return strips

@@ -38,6 +38,7 @@ class Generation:
     tokens: list[dict[str, int]]           # the token account, TOKEN_KEYS
     refocus: list[torch.Tensor | None]     # lare: [latent steps, grid rows, grid cols] attention per sample
     boxes: list[list[list[float]]]         # crop: the boxes re-encoded, per sample
+    latents: list[torch.Tensor | None] | None = None  # latent/lare: [steps used, D] the z_t fed back, per sample
 
 
 @torch.no_grad()
@@ -118,15 +119,17 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
         next_pos.add_(torch.where(has, span, torch.zeros_like(span)))
 
     refocus = [None] * B
+    latents = [None] * B
     if latent_mode:
         K = m.latent_steps
         image_positions = _image_positions(batch.input_ids, p.image_token_id, ctx.vmask)
         slot_mask = torch.ones(B, K, dtype=torch.bool, device=device)
         start = next_pos.clone()
-        h, _, weights, _, used = model.run_latents(
+        h, zs, weights, _, used = model.run_latents(
             state, h, lm_attn, ctx, image_positions, lambda t: (start + t)[None, :, None].expand(3, B, 1),
             slot_mask, ablation, adaptive=m.adaptive_stop)
         account["latent"] = used.sum(1)
+        latents = [zs[b, used[b]].float().cpu() for b in range(B)]
         next_pos.add_(account["latent"])
         if weights is not None:
             for b in range(B):
@@ -171,7 +174,7 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
         row["total"] = sum(row.values())
         tokens_out.append(row)
     texts = [p.decode(ids) for ids in out_ids]
-    return Generation(batch.ids, texts, [p.extract_answer(t) for t in texts], tokens_out, refocus, boxes)
+    return Generation(batch.ids, texts, [p.extract_answer(t) for t in texts], tokens_out, refocus, boxes, latents)
 
 
 def _all_done(done: bool, distributed: bool, device) -> bool:
