@@ -103,8 +103,9 @@ def build_meta(cfg: Config):
                 return LaReModel(vlm, processor, cfg), f"checkpoint config {path / 'config.json'}"
         preset = cfg.model.architecture or architecture_for(backbone)
         alt = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=preset))
+        how = "model.architecture" if cfg.model.architecture else "its folder name"
         return (LaReModel.build(alt, device="meta"),
-                f"preset {preset} (checkpoint {backbone} not on this machine; architecture from its folder name)")
+                f"preset {preset} (checkpoint {backbone} not on this machine; architecture from {how})")
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise

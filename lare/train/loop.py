@@ -78,6 +78,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":  # as many threads as CPUs this worker reserved (more would fight the others)
+        torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     torch.manual_seed(cfg.train.seed)
 
     model = build_model(cfg, rank, world, device)
