@@ -15,9 +15,13 @@ from torch import nn
 class Refocus(nn.Module):
     """Saliency of the P visual tokens from the current reasoning state, and the read-out r_t.
 
-    scores:  s_t = (W_q h_t) . (W_k V) / sqrt(d)          [B, H, P]
+    scores:  s_t = (W_q h_t) . (W_k norm(V)) / sqrt(d)    [B, H, P]
     weights: softmax over the sample's visual tokens, optionally only the top-k (by head-mean weight)
-    read:    r_t = softmax(s_t) . W_v V                    [B, R]
+    read:    r_t = norm(softmax(s_t) . W_v norm(V))        [B, R]
+
+    The visual tokens are RMS-normalised first (as a cross-attention block normalises its keys and values):
+    their scale is the vision merger's, far from the last hidden state's, and the read-out is normalised so
+    that W_o r_t starts on the scale of h_t (an un-normalised read-out is drowned by h_t in z_t).
     """
 
     def __init__(self, d_model: int, width: int, heads: int):
@@ -25,14 +29,16 @@ class Refocus(nn.Module):
         if width % heads:
             raise ValueError(f"refocus width {width} must be divisible by method.refocus_heads={heads}")
         self.heads, self.head_dim = heads, width // heads
+        self.kv_norm = nn.RMSNorm(d_model)
         self.q = nn.Linear(d_model, width, bias=False)
         self.k = nn.Linear(d_model, width, bias=False)
         self.v = nn.Linear(d_model, width, bias=False)
+        self.out_norm = nn.RMSNorm(width)
 
     def scores(self, h: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         B, P, _ = V.shape
         q = self.q(h).view(B, self.heads, self.head_dim)
-        k = self.k(V).view(B, P, self.heads, self.head_dim)
+        k = self.k(self.kv_norm(V)).view(B, P, self.heads, self.head_dim)
         return torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
 
     @staticmethod
@@ -47,8 +53,8 @@ class Refocus(nn.Module):
 
     def read(self, weights: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         B, P, _ = V.shape
-        v = self.v(V).view(B, P, self.heads, self.head_dim)
-        return torch.einsum("bhp,bphd->bhd", weights, v).reshape(B, -1)
+        v = self.v(self.kv_norm(V)).view(B, P, self.heads, self.head_dim)
+        return self.out_norm(torch.einsum("bhp,bphd->bhd", weights, v).reshape(B, -1))
 
 
 class GatedFusion(nn.Module):
@@ -58,6 +64,13 @@ class GatedFusion(nn.Module):
         super().__init__()
         self.out = nn.Linear(width, d_model, bias=False)
         self.gate = nn.Linear(d_model + width, d_model)
+
+    def reset_parameters(self, std: float) -> None:
+        """W_o at fan-in scale so that W_o r_t (r_t has unit RMS) is on h_t's scale from the start; the gate
+        small, so g_t starts near one half."""
+        nn.init.normal_(self.out.weight, std=self.out.weight.shape[1] ** -0.5)
+        nn.init.normal_(self.gate.weight, std=std)
+        nn.init.zeros_(self.gate.bias)
 
     def forward(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(torch.cat([h, r], dim=-1)))

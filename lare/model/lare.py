@@ -125,10 +125,17 @@ class LaReModel(nn.Module):
                 self.pixel = PixelDecoder(d, m.pixel_size)
             if latent_mode and m.adaptive_stop:
                 self.stop = nn.Linear(d, 1)
-            for module in (self.refocus, self.fusion, self.recon, self.align, self.stop):
+            for module in (self.refocus, self.recon, self.align, self.stop):
                 if module is not None:
-                    for p in module.parameters():
-                        nn.init.normal_(p, std=0.02) if p.dim() > 1 else nn.init.zeros_(p)
+                    for name, p in module.named_parameters():
+                        if "norm" in name:
+                            nn.init.ones_(p)
+                        elif p.dim() > 1:
+                            nn.init.normal_(p, std=0.02)
+                        else:
+                            nn.init.zeros_(p)
+            if self.fusion is not None:
+                self.fusion.reset_parameters(std=0.02)
         self.to(next(vlm.parameters()).dtype)
 
     # ---- construction and persistence ------------------------------------------------------
