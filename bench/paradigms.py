@@ -69,7 +69,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml", help="base config of every run")
     ap.add_argument("--seeds", type=int, default=3)
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--traces", default="", help="refocus traces (default: the config's data.traces_dir, built if missing)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     import ray
 
@@ -93,14 +93,17 @@ def main() -> None:
     traces = args.traces or cfg.data.traces_dir
     with tempfile.TemporaryDirectory(prefix="lare-paradigms-") as tmp:
         tmp = Path(tmp)
-        ray.init(address="local", num_cpus=(os.cpu_count() or 2) + 2, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", _temp_dir=str(tmp / "ray"), log_to_driver=False)
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address="local", num_cpus=(os.cpu_count() or 2) + 2, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", _temp_dir=str(tmp / "ray"), log_to_driver=False)
         try:
             ensure_traces(load_config(args.config, [*args.overrides, f"data.traces_dir={traces}"]))
             runs = {name: [train_and_eval(name, seed, traces, tmp, args) for seed in range(args.seeds)]
                     for name in args.variants}
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
 
     table = {}
     for name, seeds in runs.items():
@@ -136,6 +139,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":

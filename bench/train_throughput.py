@@ -46,14 +46,14 @@ def run(paradigm: str, workers: int, traces: str, tmp: Path, args) -> dict:
             "step_s_per_worker": workers * args.batch / statistics.median(rates)}
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=384, help="training rows (one epoch at the final stage)")
     ap.add_argument("--batch", type=int, default=8, help="samples per worker per step")
     ap.add_argument("--log-every", type=int, default=4, help="steps per throughput window")
     ap.add_argument("--traces", default="", help="refocus traces folder (default: built into a temp folder)")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     import ray
 
@@ -61,8 +61,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lare-tp-") as tmp:
         tmp = Path(tmp)
-        ray.init(address="local", num_cpus=(os.cpu_count() or 2) + 2, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", _temp_dir=str(tmp / "ray"), log_to_driver=False)
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address="local", num_cpus=(os.cpu_count() or 2) + 2, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", _temp_dir=str(tmp / "ray"), log_to_driver=False)
         try:
             traces = args.traces
             if not traces:
@@ -70,7 +72,8 @@ def main() -> None:
                 build_traces("refocus", traces, options={"num_train": args.rows, "num_val": 8, "num_test": 8, "num_hard": 8})
             results = {f"{p}_{w}w": run(p, w, traces, tmp, args) for p in ("lare", "text_cot") for w in (1, 2)}
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
 
     scaling = {p: results[f"{p}_2w"]["samples_per_s"] / results[f"{p}_1w"]["samples_per_s"] for p in ("lare", "text_cot")}
     ratio = {f"{w}w": results[f"lare_{w}w"]["step_s_per_worker"] / results[f"text_cot_{w}w"]["step_s_per_worker"] for w in (1, 2)}
@@ -87,6 +90,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
+    return out
 
 
 if __name__ == "__main__":
