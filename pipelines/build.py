@@ -221,11 +221,21 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
     prepare_out(fs, root)
 
     make_raw = raw_from_units if hasattr(src, "units") else raw_from_records
-    raw, rows_in, duplicates = make_raw(src, opts, seed)
-    traces = raw.map_batches(process_batch, batch_size=int(opts["batch_size"]), batch_format="pyarrow",
-                             fn_kwargs={"opts": opts, "seed": seed, "duplicates": duplicates})
-    sink = TraceSink(fs, root)
-    traces.write_datasink(_as_datasink(sink))
+    # Ray Data reserves part of the cluster for each operator; on a small cluster (2 CPUs) that held the
+    # fused map+write operator to about one task at a time (measured: 1.2 tasks in flight on average,
+    # 1.85 without it, and twice the rows/s). The build is a single linear pipeline, so nothing needs the
+    # reservation; the setting is restored afterwards for whoever shares this driver.
+    ctx = ray.data.DataContext.get_current()
+    saved_reservation = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = False
+    try:
+        raw, rows_in, duplicates = make_raw(src, opts, seed)
+        traces = raw.map_batches(process_batch, batch_size=int(opts["batch_size"]), batch_format="pyarrow",
+                                 fn_kwargs={"opts": opts, "seed": seed, "duplicates": duplicates})
+        sink = TraceSink(fs, root)
+        traces.write_datasink(_as_datasink(sink))
+    finally:
+        ctx.op_resource_reservation_enabled = saved_reservation
     results = sink.result or []
 
     splits, rejects, digests = Counter(), Counter(), []
