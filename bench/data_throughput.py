@@ -35,9 +35,12 @@ def plain_loop(source: str, rows: int) -> dict:
     from pipelines.sources import get_source
 
     opts = resolve_options(source, SOURCES[source](rows))
+    src = get_source(source)
+    if hasattr(src, "clear_caches"):  # start cold, as a fresh Ray worker does
+        src.clear_caches()
     with tempfile.TemporaryDirectory() as tmp:
         t0, c0 = time.perf_counter(), time.process_time()
-        raw = get_source(source).plan(opts, 0)[:rows]
+        raw = src.plan(opts, 0)[:rows]
         for pos, r in enumerate(raw):
             r["pos"] = pos
         sink = TraceSink(pafs.LocalFileSystem(), tmp)

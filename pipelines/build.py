@@ -213,6 +213,8 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
     Raises RejectFractionExceeded when rejects / rows in > max_reject_fraction (after writing everything)."""
     import ray.data
 
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     io.ensure_ray()
     t0 = time.time()
     opts = resolve_options(source, options)
