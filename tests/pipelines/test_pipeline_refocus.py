@@ -1,6 +1,5 @@
 """The refocus benchmark: deterministic, answers true to the scene, balanced beyond the question text."""
 
-import json
 from collections import Counter, defaultdict
 
 import pytest
