@@ -21,6 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray.data
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
 
 from lare.storage import public_uri, resolve
 from pipelines import io
@@ -80,8 +83,6 @@ def find_duplicates(pairs) -> dict[int, int]:
 
 def raw_from_records(src, opts: dict, seed: int):
     """Record readers parse their index files on the driver (light rows, no pixels); Ray gets Arrow blocks."""
-    import ray.data
-
     rows = src.plan(opts, seed)
     if opts["limit"]:
         rows = rows[: int(opts["limit"])]
@@ -107,8 +108,6 @@ def _expand_units(batch: pa.Table, *, opts: dict, ids_only: bool) -> pa.Table:
 
 def raw_from_units(src, opts: dict, seed: int):
     """File readers: one Ray task per file or row group. A first light pass reads only ids to find duplicates."""
-    import ray.data
-
     if opts["limit"]:
         raise ValueError("option 'limit' works with record readers; for jsonl/parquet point 'path' at fewer files")
     units = src.units(opts)
@@ -126,18 +125,17 @@ def raw_from_units(src, opts: dict, seed: int):
 # Writing: one pass, both outputs, per-split folders.
 
 
-class TraceSink:
+class TraceSink(Datasink):
     """Ray Data Datasink writing each block's traces to OUT/<split>/ and its rejects to OUT/rejects/.
 
     Files are named by the smallest input position they hold, so names are unique without
-    coordination and sort in input order. Each write task returns its counts and row digests."""
+    coordination and sort in input order. Each write task returns its counts and row digests;
+    Ray hands them all to on_write_complete on the driver."""
 
     def __init__(self, fs: pafs.FileSystem, root: str):
         self.fs, self.root, self.result = fs, root, None
 
     def write(self, blocks, ctx) -> dict:
-        from ray.data.block import BlockAccessor
-
         splits, reasons, digests = Counter(), Counter(), []
         for block in blocks:
             table = BlockAccessor.for_block(block).to_arrow()
@@ -160,34 +158,11 @@ class TraceSink:
         self.fs.create_dir(f"{self.root}/{folder}", recursive=True)
         pq.write_table(table, f"{self.root}/{folder}/part-{first_pos:016x}.parquet", filesystem=self.fs, compression="zstd")
 
-    # Ray calls these on the driver.
-    def on_write_start(self, schema=None):
-        pass
-
     def on_write_complete(self, write_result):
         self.result = write_result.write_returns
 
-    def on_write_failed(self, error):
-        pass
-
-
-def _as_datasink(sink: TraceSink):
-    from ray.data import Datasink
-
-    class _Sink(Datasink):  # thin adapter keeps TraceSink importable without Ray Data internals
-        def __init__(self):
-            self.inner = sink
-
-        def write(self, blocks, ctx):
-            return self.inner.write(blocks, ctx)
-
-        def on_write_complete(self, write_result):
-            self.inner.on_write_complete(write_result)
-
-        def get_name(self):
-            return "Traces"
-
-    return _Sink()
+    def get_name(self) -> str:
+        return "Traces"
 
 
 def prepare_out(fs: pafs.FileSystem, root: str):
@@ -212,7 +187,8 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
     """Build traces of `source` into `out` (folder or s3:// URI); returns the manifest (also written to OUT/manifest.json).
 
     Raises RejectFractionExceeded when rejects / rows in > max_reject_fraction (after writing everything)."""
-
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     io.ensure_ray()
     t0 = time.time()
     opts = resolve_options(source, options)
@@ -221,11 +197,21 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
     prepare_out(fs, root)
 
     make_raw = raw_from_units if hasattr(src, "units") else raw_from_records
-    raw, rows_in, duplicates = make_raw(src, opts, seed)
-    traces = raw.map_batches(process_batch, batch_size=int(opts["batch_size"]), batch_format="pyarrow",
-                             fn_kwargs={"opts": opts, "seed": seed, "duplicates": duplicates})
-    sink = TraceSink(fs, root)
-    traces.write_datasink(_as_datasink(sink))
+    # Ray Data reserves part of the cluster for each operator; on a small cluster (2 CPUs) that held the
+    # fused map+write operator to about one task at a time (measured: 1.2 tasks in flight on average,
+    # 1.85 without it, and twice the rows/s). The build is a single linear pipeline, so nothing needs the
+    # reservation; the setting is restored afterwards for whoever shares this driver.
+    ctx = ray.data.DataContext.get_current()
+    saved_reservation = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = False
+    try:
+        raw, rows_in, duplicates = make_raw(src, opts, seed)
+        traces = raw.map_batches(process_batch, batch_size=int(opts["batch_size"]), batch_format="pyarrow",
+                                 fn_kwargs={"opts": opts, "seed": seed, "duplicates": duplicates})
+        sink = TraceSink(fs, root)
+        traces.write_datasink(sink)
+    finally:
+        ctx.op_resource_reservation_enabled = saved_reservation
     results = sink.result or []
 
     splits, rejects, digests = Counter(), Counter(), []

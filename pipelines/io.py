@@ -58,7 +58,15 @@ def ensure_ray(num_cpus: int | None = None):
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    package_dir = os.path.dirname(os.path.abspath(__file__))
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        # Workers on other machines get this package shipped with the job (whatever is installed there).
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"py_modules": [package_dir]})
     else:
+        # Local workers inherit the environment: make `pipelines` importable from any working directory
+        # even when the project is not pip-installed.
+        root = os.path.dirname(package_dir)
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if root not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([root] + paths)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")

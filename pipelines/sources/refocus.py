@@ -1,6 +1,7 @@
 """The refocus benchmark: a generated, seeded VQA set whose questions need a look at particular regions.
 
-Each image holds 6-12 small non-overlapping shapes (6 shapes x 8 colours, 10-28 px at 224 px; the
+Every step has a box (the object, the objects, the quarter, or the whole image for a search that
+finds nothing). Each image holds 6-12 small non-overlapping shapes (6 shapes x 8 colours, 10-28 px at 224 px; the
 hard split has 12-18 objects of 8-18 px) on a lightly textured grey background. Six question
 families, each answered in 1-3 steps that point at boxes:
 
@@ -307,7 +308,8 @@ def q_counting(sc: Scene):
     what = f"{attr} shapes" if by_colour else PLURALS[attr]
     one = f"{attr} shape" if by_colour else attr
     count_text = f"There are no {what} in it." if n == 0 else f"There is 1 {one} in it." if n == 1 else f"There are {n} {what} in it."
-    steps = [(f"Look at the {quarter} quarter.", [float(v) for v in qbox]), (count_text, targets or None)]
+    quarter_px = [float(v) for v in qbox]
+    steps = [(f"Look at the {quarter} quarter.", quarter_px), (count_text, targets or quarter_px)]
     return f"How many {what} are in the {quarter} quarter?", str(n), steps, {"quarter": quarter, "by": "colour" if by_colour else "shape"}
 
 
@@ -344,7 +346,8 @@ def q_existence(sc: Scene):
         return question, "yes", [(f"Look for a {colour} {shape}: there is one.", [target])], meta
     if pope == "random":
         sc.fill(sc.n_objects(), lambda sh, co, b: (sh, co) != (shape, colour))
-        return question, "no", [(f"Look for a {colour} {shape}: there is none.", None)], meta
+        whole = [0.0, 0.0, float(sc.size), float(sc.size)]  # the search covers the whole image
+        return question, "no", [(f"Look for a {colour} {shape}: there is none.", whole)], meta
     if pope == "popular":  # the shape is common in the image, just never in that colour
         same_shape = [sc.add(shape, _pick(rng, COLOUR_NAMES, exclude=(colour,)), sc.draw_size()) for _ in range(2)]
         sc.fill(sc.n_objects(), lambda sh, co, b: sh != shape)

@@ -105,9 +105,11 @@ def test_cli_runs_end_to_end_and_exits_nonzero_past_the_threshold(tmp_path, fixt
     assert help_text.returncode == 0
     for word in ("--max-reject-fraction", "num_train", "image_root", "max_side", "bbox_format", "viscot"):
         assert word in help_text.stdout
-    cmd = [sys.executable, "jobs/build_data.py", "--source", "visual_cot", "--out", out, "--num-cpus", "2", "--no-progress",
-           "--option", f"path={fixtures_dir}/visual_cot/viscot_363k.json", "--option", f"image_root={fixtures_dir}/visual_cot/images"]
-    ok = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, os.path.join(ROOT, "jobs", "build_data.py"), "--source", "visual_cot", "--out", out, "--num-cpus", "2",
+           "--no-progress", "--option", f"path={fixtures_dir}/visual_cot/viscot_363k.json",
+           "--option", f"image_root={fixtures_dir}/visual_cot/images"]
+    env.pop("PYTHONPATH", None)  # run from elsewhere, not installed: Ray workers must still find `pipelines`
+    ok = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "rows in 13  rows out 3  rejects 10" in ok.stdout and "decompression_bomb 1" in ok.stdout
     bad = subprocess.run(cmd + ["--max-reject-fraction", "0.2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -30,7 +30,8 @@ def test_scenes_respect_layout_rules():
     for s in normal + hard:
         objs = s["meta"]["objects"]
         lo, hi = (12, 18) if s["meta"]["hard"] else (6, 12)
-        assert lo <= len(objs) <= hi + 3  # counting may add up to n + 3 objects
+        assert lo <= len(objs) <= hi
+        assert all(st["bbox_px"] is not None for st in s["steps"]), "every refocus step points somewhere"
         for i, (_, _, x1, y1, x2, y2) in enumerate(objs):
             assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
             assert not (x1 < .5 < x2) and not (y1 < .5 < y2), "no object straddles a midline"

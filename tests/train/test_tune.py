@@ -28,7 +28,7 @@ def test_two_trial_sweep(tmp_path, ray_session):
 
     client = MlflowClient(uri)
     parent = client.get_run(summary["mlflow_parent_run_id"])
-    assert f"best.method.recon_weight" in parent.data.tags and "best_val_accuracy" in parent.data.metrics
+    assert "best.method.recon_weight" in parent.data.tags and "best_val_accuracy" in parent.data.metrics
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2
