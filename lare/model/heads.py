@@ -19,6 +19,10 @@ class Refocus(nn.Module):
     weights: softmax over the sample's visual tokens, optionally only the top-k (by head-mean weight)
     read:    r_t = norm(softmax(s_t) . W_v norm(V))        [B, R]
 
+    Keys and values also carry where each token sits (Fourier features of its normalised grid position):
+    the visual embeddings alone hardly say where they are, and questions do ("directly right of the red
+    circle", "in the top-left quarter"); the position in r_t lets the next step's query start from there.
+
     The visual tokens are RMS-normalised first (as a cross-attention block normalises its keys and values):
     their scale is the vision merger's, far from the last hidden state's, and the read-out is normalised so
     that W_o r_t starts on the scale of h_t (an un-normalised read-out is drowned by h_t in z_t).
@@ -33,12 +37,15 @@ class Refocus(nn.Module):
         self.q = nn.Linear(d_model, width, bias=False)
         self.k = nn.Linear(d_model, width, bias=False)
         self.v = nn.Linear(d_model, width, bias=False)
+        self.k_pos = nn.Linear(POSITION_FEATURES, width, bias=False)
+        self.v_pos = nn.Linear(POSITION_FEATURES, width, bias=False)
         self.out_norm = nn.RMSNorm(width)
 
-    def scores(self, h: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    def scores(self, h: torch.Tensor, V: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """pos [B, P, POSITION_FEATURES]: where each token sits on its image (position_features)."""
         B, P, _ = V.shape
         q = self.q(h).view(B, self.heads, self.head_dim)
-        k = self.k(self.kv_norm(V)).view(B, P, self.heads, self.head_dim)
+        k = (self.k(self.kv_norm(V)) + self.k_pos(pos)).view(B, P, self.heads, self.head_dim)
         return torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
 
     @staticmethod
@@ -51,10 +58,29 @@ class Refocus(nn.Module):
             scores = scores.masked_fill(~keep[:, None, :], float("-inf"))
         return scores.softmax(-1)
 
-    def read(self, weights: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    def read(self, weights: torch.Tensor, V: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         B, P, _ = V.shape
-        v = self.v(self.kv_norm(V)).view(B, P, self.heads, self.head_dim)
+        v = (self.v(self.kv_norm(V)) + self.v_pos(pos)).view(B, P, self.heads, self.head_dim)
         return self.out_norm(torch.einsum("bhp,bphd->bhd", weights, v).reshape(B, -1))
+
+
+POSITION_BANDS = 4
+POSITION_FEATURES = 4 * POSITION_BANDS  # sin and cos of x and y at each band
+
+
+def position_features(grid_hw: torch.Tensor, P: int) -> torch.Tensor:
+    """[B, P, POSITION_FEATURES] for the row-major merged token grid of each sample (grid_hw [B, 2]); the
+    centre of token (i, j) is at ((j + 0.5) / w, (i + 0.5) / h), whatever the image's size and aspect."""
+    B = grid_hw.shape[0]
+    out = torch.zeros(B, P, POSITION_FEATURES, device=grid_hw.device)
+    bands = math.pi * 2.0 ** torch.arange(POSITION_BANDS, device=grid_hw.device)
+    for b in range(B):
+        h, w = grid_hw[b].tolist()
+        ys, xs = torch.meshgrid((torch.arange(h, device=grid_hw.device) + 0.5) / h,
+                                (torch.arange(w, device=grid_hw.device) + 0.5) / w, indexing="ij")
+        angles = torch.stack([xs.flatten(), ys.flatten()], -1)[..., None] * bands      # [h*w, 2, bands]
+        out[b, : h * w] = torch.cat([angles.sin(), angles.cos()], -1).flatten(1)
+    return out
 
 
 class GatedFusion(nn.Module):

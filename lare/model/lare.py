@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from lare.batch import IGNORE, Batch
 from lare.config import Config
-from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus, info_nce
+from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus, info_nce, position_features
 from lare.processor import LaReProcessor
 
 ABLATIONS = ("none", "zero_latents", "uniform_refocus", "shuffle_refocus")
@@ -52,6 +52,7 @@ class VisualContext:
     V: torch.Tensor                      # [B, P, D] original image tokens, padded
     vmask: torch.Tensor                  # [B, P]
     grid_hw: torch.Tensor                # [B, 2] merged grid (rows, cols)
+    positions: torch.Tensor              # [B, P, F] where each visual token sits (refocus keys and values)
 
 
 class DecodeState:
@@ -218,7 +219,8 @@ class LaReModel(nn.Module):
         for b, f in enumerate(originals):
             V = V.index_put((torch.tensor([b], device=V.device), torch.arange(f.shape[0], device=V.device)), f)
             vmask[b, : f.shape[0]] = True
-        return VisualContext(features, deepstack, V, vmask, batch.grid_hw)
+        return VisualContext(features, deepstack, V, vmask, batch.grid_hw,
+                             position_features(batch.grid_hw, P).to(V.dtype))
 
     def embed(self, input_ids: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
         """Token embeddings with the image features in place of the image tokens (in sequence order)."""
@@ -263,13 +265,13 @@ class LaReModel(nn.Module):
                 if m.top_k:
                     heads = Refocus.weights(heads.clamp_min(1e-12).log(), ctx.vmask, m.top_k)
             else:
-                heads = Refocus.weights(self.refocus.scores(h, ctx.V), ctx.vmask, m.top_k)  # [B, H, P]
+                heads = Refocus.weights(self.refocus.scores(h, ctx.V, ctx.positions), ctx.vmask, m.top_k)  # [B, H, P]
             if ablation == "uniform_refocus":
                 heads = (ctx.vmask / ctx.vmask.sum(-1, keepdim=True))[:, None, :].expand_as(heads).to(h.dtype)
             elif ablation == "shuffle_refocus":
                 heads = _shuffled(heads.mean(1), ctx)[:, None, :].expand_as(heads)
             weights = heads.mean(1)
-            z = self.fusion(h, self.refocus.read(heads, ctx.V))
+            z = self.fusion(h, self.refocus.read(heads, ctx.V, ctx.positions))
         if ablation == "zero_latents":
             z = torch.zeros_like(z)
         return z, weights

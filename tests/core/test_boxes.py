@@ -70,3 +70,16 @@ def test_crop_box_grows_small_boxes_inside_the_image():
     assert crop_box(image, [0.0, 0.0, 0.5, 1.0]).size == (100, 100)
     small = crop_box(image, [0.99, 0.99, 1.0, 1.0], min_side=28)
     assert small.size == (28, 28)
+
+
+def test_refocus_positions_are_relative_to_each_grid():
+    from lare.model.heads import POSITION_FEATURES, position_features
+
+    feats = position_features(torch.tensor([[2, 4], [4, 8]]), P=32)
+    assert feats.shape == (2, 32, POSITION_FEATURES)
+    assert feats[0, 8:].abs().sum() == 0  # padding beyond the 2x4 grid stays zero
+    # the top-left token of a 2x4 grid is centred at (1/8, 1/4); on a 4x8 grid that point is a token corner,
+    # but the bottom-right tokens of both grids sit on the same side: compare their x, y at the first band
+    x_small, x_large = feats[0, 7, 0], feats[1, 31, 0]   # sin(pi * x) of the last column
+    assert torch.isclose(x_small, torch.sin(torch.tensor(torch.pi * 7 / 8))) and torch.isclose(
+        x_large, torch.sin(torch.tensor(torch.pi * 15 / 16)))

@@ -17,6 +17,19 @@ def build(backbone="tiny-qwen2.5-vl", paradigm="lare", *overrides):
     return LaReModel.build(cfg), cfg
 
 
+def script_outputs(model, script: list[int]) -> None:
+    """Make greedy decoding emit `script`, one token per call of the LM head."""
+    calls = []
+
+    def scripted(module, inputs, output):
+        out = torch.full_like(output, -1e4)
+        out[..., script[len(calls)]] = 0
+        calls.append(1)
+        return out
+
+    model.vlm.lm_head.register_forward_hook(scripted)
+
+
 def examples(records, max_steps=3):
     return [example_from_record(r, max_steps) for r in records]
 
@@ -121,16 +134,7 @@ def test_token_account_is_exact_on_a_hand_counted_example():
     model, cfg = build("tiny-qwen2.5-vl", "lare", "method.latent_steps=3")
     p = model.processor
     ex = examples([record("h", 56, 56, question="Hi?", steps=[])])
-    script = [p.encode("red")[0], p.encode("red")[1], p.im_end_id, 5, 5]
-    calls = []
-
-    def scripted(module, inputs, output):
-        out = torch.full_like(output, -1e4)
-        out[..., script[len(calls)]] = 0
-        calls.append(1)
-        return out
-
-    model.vlm.lm_head.register_forward_hook(scripted)
+    script_outputs(model, [p.encode("red")[0], p.encode("red")[1], p.im_end_id, 5, 5])
     gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=10)
     # generated: "re" "d" <|im_end|> (3) + the forced <|lare_end|> (1)
     assert gen.tokens[0] == {"visual": 4, "prompt_text": 23, "latent": 3, "generated": 4, "crop_visual": 0, "total": 34}
@@ -143,15 +147,7 @@ def test_crop_generation_reencodes_the_predicted_box_and_counts_it():
     ex = examples([record("c", 56, 56, question="Hi?", steps=[])])
     box_text = p.encode("(0,0),(500,500)")
     script = [*p.encode("Find it. "), p.box_start_id, *box_text, p.box_end_id, *p.encode("\nAnswer: red"), p.im_end_id]
-    calls = []
-
-    def scripted(module, inputs, output):
-        out = torch.full_like(output, -1e4)
-        out[..., script[len(calls)]] = 0
-        calls.append(1)
-        return out
-
-    model.vlm.lm_head.register_forward_hook(scripted)
+    script_outputs(model, script)
     gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=40)
     assert gen.boxes == [[[0.0, 0.0, 0.5, 0.5]]]
     # the 28x28 crop is resized up to the 56x56 minimum: 4 tokens + <|vision_start|> + <|vision_end|>

@@ -15,13 +15,13 @@ SMALL = {"num_train": 24, "num_val": 8, "num_test": 0, "num_hard": 0}
 
 @pytest.fixture(scope="module")
 def bucket(moto_s3):
-    s3 = boto3.client("s3", endpoint_url=f"http://{moto_s3}", region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
     s3.create_bucket(Bucket="lare-test")
     return s3
 
 
 def test_build_to_s3_and_read_back(ray_session, moto_s3, bucket, tmp_path, monkeypatch, capsys):
-    fs = pafs.S3FileSystem(endpoint_override=moto_s3, scheme="http", region="us-east-1")
+    fs = pafs.S3FileSystem(endpoint_override=moto_s3.removeprefix("http://"), scheme="http", region="us-east-1")
     manifest = build_traces("refocus", "s3://lare-test/traces/refocus", seed=0, options=SMALL, filesystem=fs)
     keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="lare-test", Prefix="traces/refocus/")["Contents"]]
     assert "traces/refocus/manifest.json" in keys
@@ -29,7 +29,7 @@ def test_build_to_s3_and_read_back(ray_session, moto_s3, bucket, tmp_path, monke
 
     # read back with the filesystem given, and with the endpoint taken from the environment
     assert read_traces_table("s3://lare-test/traces/refocus", "train", filesystem=fs).num_rows == 24
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{moto_s3}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3)
     assert read_manifest("s3://lare-test/traces/refocus")["content_hash"] == manifest["content_hash"]
     assert read_traces("s3://lare-test/traces/refocus", "val").count() == 8
 
