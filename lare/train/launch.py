@@ -79,7 +79,9 @@ def make_trainer(cfg: Config, dataset: ray.data.Dataset, num_rows: int, *, manif
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
             name=cfg.train.experiment, storage_path=storage_path, storage_filesystem=storage_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                               checkpoint_score_attribute=cfg.train.checkpoint_score or None,
+                                               checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures,
                                          controller_failure_limit=controller_failure_limit),
             worker_runtime_env={"env_vars": worker_env_vars()}, callbacks=callbacks),

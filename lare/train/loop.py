@@ -196,6 +196,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if cfg.train.val_every and position.step % cfg.train.val_every == 0:
                 run_validation()
             if position.step % cfg.train.checkpoint_every == 0:
+                if cfg.train.checkpoint_score and not (cfg.train.val_every and position.step % cfg.train.val_every == 0):
+                    run_validation()  # the score that decides which checkpoints are kept
                 report({"step": position.step, "stage": stage, **last_val}, save=True)
         position.epoch, position.batch_in_epoch = epoch + 1, 0
         stage_ends = epoch + 1 == len(epochs) or epochs[epoch + 1] != stage

@@ -38,7 +38,7 @@ def apply_activation_checkpointing(model: LaReModel) -> None:
 
     for layer in model.vlm.model.language_model.layers:
         layer.mlp = checkpoint_wrapper(layer.mlp, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    model.vlm.model.visual.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.vlm.model.visual.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_model(cfg: Config, rank: int, world: int, device: torch.device) -> LaReModel:
