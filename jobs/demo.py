@@ -23,14 +23,16 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONFIG = ROOT / "configs" / "tiny.yaml"
+EVAL_ROWS = 256  # per split (test and hard)
 
 
-def question_only_baseline(traces: str, split: str) -> dict[str, float]:
-    """Accuracy per family of the best guess from the question text alone (train answers' majority)."""
+def question_only_baseline(traces: str, split: str, ids: set[str]) -> dict[str, float]:
+    """Accuracy per family, on the rows `ids` of `split`, of the best guess from the question text alone
+    (the majority answer of the training rows with the same question, else of the same family)."""
     from pipelines.io import read_traces_table
 
     train = read_traces_table(traces, "train").drop_columns(["image"]).to_pylist()
-    test = read_traces_table(traces, split).drop_columns(["image"]).to_pylist()
+    test = [r for r in read_traces_table(traces, split).drop_columns(["image"]).to_pylist() if r["id"] in ids]
     by_question, by_family = defaultdict(Counter), defaultdict(Counter)
     for r in train:
         by_question[r["question"]][r["answer"]] += 1
@@ -56,22 +58,22 @@ def main() -> None:
     from lare.eval.run import evaluate_model
 
     t0 = time.time()
-    cfg = load_config(CONFIG)
+    cfg = load_config(CONFIG).with_absolute_paths()
     ray.init(address="local", num_cpus=(os.cpu_count() or 2) + 2, include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         summary = train_job.main(["--config", str(CONFIG)])
         t_train = time.time() - t0
         evaluation = evaluate_model(summary["export"], ["refocus"], cfg.data.traces_dir, use_ray=False,
-                                    batch_size=cfg.train.batch_size)
+                                    batch_size=32, limit=EVAL_ROWS)
     finally:
         ray.shutdown()
 
     (row,) = [r for r in evaluation["results"] if r["benchmark"] == "refocus"]
     test = row["metrics"]["by_split"]["test"]
     tokens = row["tokens"]
-    baseline = question_only_baseline(cfg.data.traces_dir, "test")
-    print("\nLaRe demo: tiny Qwen2.5-VL preset, lare paradigm, refocus benchmark (test split)\n")
+    baseline = question_only_baseline(cfg.data.traces_dir, "test", {p["id"] for p in evaluation["predictions"]})
+    print(f"\nLaRe demo: tiny Qwen2.5-VL preset, lare paradigm, refocus benchmark ({test['n']} test rows)\n")
     print(f"| {'question family':<16} | {'LaRe accuracy':>13} | {'question-only':>13} |")
     print(f"|{'-' * 18}|{'-' * 15}|{'-' * 15}|")
     for family in sorted(k for k in baseline if k != "overall"):

@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides).with_absolute_paths()
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     if args.dry_run:

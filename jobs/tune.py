@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        base = load_config(args.config, args.overrides)
+        base = load_config(args.config, args.overrides).with_absolute_paths()
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     name = args.name or f"{base.train.experiment}-tune"
@@ -97,12 +97,14 @@ def main(argv=None) -> dict:
 
             parent = open_run(base, uri, f"{sweep_root}/mlflow_parent_run_id", experiment=name)
             MlflowClient(uri).set_tag(parent, "lare.sweep", name)
-        overrides, config_path = list(args.overrides), args.config
+        overrides, driver_cwd = list(args.overrides), os.getcwd()
+        config_path = str(Path(args.config).resolve()) if args.config else None
 
         def trial(params: dict) -> None:
             trial_id = tune.get_context().get_trial_id()
             cfg = load_config(config_path, overrides + [f"{k}={v}" for k, v in params.items()]
-                              + [f"train.experiment={name}-{trial_id}", f"train.storage_path={sweep_root}/trials"])
+                              + [f"train.experiment={name}-{trial_id}", f"train.storage_path={sweep_root}/trials"]
+                              ).with_absolute_paths(driver_cwd)  # a trial runs in its own working directory
             run_id = open_run(cfg, uri, f"{storage(cfg)[2]}/mlflow_run_id", parent_run_id=parent, experiment=name) if uri else ""
             trainer, _ = make_trainer(cfg, dataset, num_rows, manifest=manifest, mlflow_uri=uri, mlflow_run_id=run_id,
                                       callbacks=[TuneReportCallback()], controller_failure_limit=0)

@@ -152,6 +152,27 @@ class Config:
         """The fully latent curriculum stage: every CoT step is replaced."""
         return self.data.max_steps
 
+    def with_absolute_paths(self, root: str | Path | None = None) -> "Config":
+        """Local relative paths made absolute against `root` (default: the working directory). Drivers call it
+        before handing the config to Ray workers, whose working directory is not the driver's."""
+        root = Path(root or Path.cwd())
+
+        def absolute(value: str) -> str:
+            if not value or "://" in value or Path(value).is_absolute():
+                return value
+            return str((root / value).resolve())
+
+        data = self.to_dict()
+        data["data"]["traces_dir"] = absolute(data["data"]["traces_dir"])
+        data["data"]["mixture"] = {absolute(k): v for k, v in data["data"]["mixture"].items()}
+        data["train"]["storage_path"] = absolute(data["train"]["storage_path"])
+        if (root / data["model"]["backbone"]).exists():
+            data["model"]["backbone"] = absolute(data["model"]["backbone"])
+        uri = data["tracking"]["uri"]
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            data["tracking"]["uri"] = "sqlite:///" + absolute(uri[len("sqlite:///"):])
+        return Config.from_dict(data)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

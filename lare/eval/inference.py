@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 from lare.eval.readers import EvalItem
 from lare.model.generate import TOKEN_KEYS
-from lare.storage import filesystem, is_remote, redact
+from lare.storage import is_remote, redact, resolve
 
 TOKEN_COLUMNS = tuple(f"tok_{k}" for k in TOKEN_KEYS)
 COLUMNS = ("benchmark", "id", "ablation", "text", "answer", *TOKEN_COLUMNS, "latency_s", "boxes", "refocus", "regions")
@@ -121,7 +121,7 @@ def read_model_config(spec: str, tracking_uri: str | None = None) -> dict:
     if is_remote(spec):
         import pyarrow.fs as pafs
 
-        fs, root = filesystem(spec)
+        fs, root = resolve(spec)
         if fs.get_file_info(root).type != pafs.FileType.Directory:
             raise ModelNotFound(f"model {redact(spec)}: no such directory")
         for sub in ("", "model/"):
@@ -152,7 +152,7 @@ def fetch_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> Pa
     elif is_remote(spec):
         import pyarrow.fs as pafs
 
-        fs, root = filesystem(spec)
+        fs, root = resolve(spec)
         if fs.get_file_info(root).type != pafs.FileType.Directory:
             raise ModelNotFound(f"model {redact(spec)}: no such directory")
         local = workdir

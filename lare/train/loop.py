@@ -111,11 +111,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     val_rows: list[dict] = []
     last_val: dict = {}
 
+    saved_at = [-1]
+
     def report(metrics: dict, save: bool) -> None:
-        """Every rank calls this equally often: a barrier, and (save=True) a checkpoint."""
-        if not save:
+        """Every rank calls this equally often: a barrier, and (save=True) a checkpoint (once per step: a
+        second one under the same directory name would be deleted with the first)."""
+        if not save or saved_at[0] == position.step:
             ray.train.report(metrics)
             return
+        saved_at[0] = position.step
         tmp = Path(tempfile.mkdtemp(prefix="lare-ckpt-"))
         checkpoint.save(tmp, model, optimizer, position, rank)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),

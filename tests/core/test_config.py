@@ -61,3 +61,14 @@ def test_numbers_in_exponent_form():
 def test_string_fields_keep_text():
     cfg = load_config(None, ["train.experiment=007", "data.traces_dir=s3://bucket/traces"])
     assert cfg.train.experiment == "007" and cfg.data.traces_dir == "s3://bucket/traces"
+
+
+def test_relative_paths_become_absolute_for_workers(tmp_path):
+    cfg = load_config(None, ["data.traces_dir=data/traces", "tracking.uri=sqlite:///mlflow.db",
+                             "train.storage_path=s3://bucket/runs", "data.mixture={data/a: 1.0, s3://b/c: 0.5}"])
+    resolved = cfg.with_absolute_paths(tmp_path)
+    assert resolved.data.traces_dir == str(tmp_path / "data" / "traces")
+    assert resolved.tracking.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolved.train.storage_path == "s3://bucket/runs"
+    assert resolved.data.mixture == {str(tmp_path / "data" / "a"): 1.0, "s3://b/c": 0.5}
+    assert resolved.model.backbone == "tiny-qwen2.5-vl"  # a preset, not a path
