@@ -41,11 +41,17 @@ class Refocus(nn.Module):
         self.v_pos = nn.Linear(POSITION_FEATURES, width, bias=False)
         self.out_norm = nn.RMSNorm(width)
 
-    def scores(self, h: torch.Tensor, V: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """pos [B, P, POSITION_FEATURES]: where each token sits on its image (position_features)."""
+    def keys_values(self, V: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image side, computed once per forward (it does not change across latent steps):
+        keys and values [B, P, H, head_dim]. pos [B, P, POSITION_FEATURES]: where each token sits."""
         B, P, _ = V.shape
-        q = self.q(h).view(B, self.heads, self.head_dim)
-        k = (self.k(self.kv_norm(V)) + self.k_pos(pos)).view(B, P, self.heads, self.head_dim)
+        normed = self.kv_norm(V)
+        k = (self.k(normed) + self.k_pos(pos)).view(B, P, self.heads, self.head_dim)
+        v = (self.v(normed) + self.v_pos(pos)).view(B, P, self.heads, self.head_dim)
+        return k, v
+
+    def scores(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        q = self.q(h).view(h.shape[0], self.heads, self.head_dim)
         return torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
 
     @staticmethod
@@ -58,10 +64,8 @@ class Refocus(nn.Module):
             scores = scores.masked_fill(~keep[:, None, :], float("-inf"))
         return scores.softmax(-1)
 
-    def read(self, weights: torch.Tensor, V: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        B, P, _ = V.shape
-        v = (self.v(self.kv_norm(V)) + self.v_pos(pos)).view(B, P, self.heads, self.head_dim)
-        return self.out_norm(torch.einsum("bhp,bphd->bhd", weights, v).reshape(B, -1))
+    def read(self, weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.out_norm(torch.einsum("bhp,bphd->bhd", weights, v).reshape(v.shape[0], -1))
 
 
 POSITION_BANDS = 4

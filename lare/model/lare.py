@@ -53,6 +53,7 @@ class VisualContext:
     vmask: torch.Tensor                  # [B, P]
     grid_hw: torch.Tensor                # [B, 2] merged grid (rows, cols)
     positions: torch.Tensor              # [B, P, F] where each visual token sits (refocus keys and values)
+    refocus_kv: tuple | None = None      # the refocus keys and values of V, computed once per forward
 
 
 class DecodeState:
@@ -258,6 +259,8 @@ class LaReModel(nn.Module):
             z = h
         else:
             m = self.cfg.method
+            if ctx.refocus_kv is None:  # the image side of the refocus, once per forward
+                ctx.refocus_kv = self.refocus.keys_values(ctx.V, ctx.positions)
             if m.refocus == "lm_attention":  # the LM's own attention from the current position to the image
                 a = lm_attn.gather(1, image_positions.clamp_min(0)) * ctx.vmask
                 a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
@@ -265,13 +268,13 @@ class LaReModel(nn.Module):
                 if m.top_k:
                     heads = Refocus.weights(heads.clamp_min(1e-12).log(), ctx.vmask, m.top_k)
             else:
-                heads = Refocus.weights(self.refocus.scores(h, ctx.V, ctx.positions), ctx.vmask, m.top_k)  # [B, H, P]
+                heads = Refocus.weights(self.refocus.scores(h, ctx.refocus_kv[0]), ctx.vmask, m.top_k)  # [B, H, P]
             if ablation == "uniform_refocus":
                 heads = (ctx.vmask / ctx.vmask.sum(-1, keepdim=True))[:, None, :].expand_as(heads).to(h.dtype)
             elif ablation == "shuffle_refocus":
                 heads = _shuffled(heads.mean(1), ctx)[:, None, :].expand_as(heads)
             weights = heads.mean(1)
-            z = self.fusion(h, self.refocus.read(heads, ctx.V, ctx.positions))
+            z = self.fusion(h, self.refocus.read(heads, ctx.refocus_kv[1]))
         if ablation == "zero_latents":
             z = torch.zeros_like(z)
         return z, weights
