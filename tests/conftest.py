@@ -1,8 +1,7 @@
-"""Shared test helpers: tiny configs, synthetic trace records (real PNG bytes, real boxes), and the
-servers tests need, each on a free loopback port and stopped by its PID: one local Ray for the session,
-a moto S3 endpoint, an MLflow tracking server."""
+"""Session-wide fixtures: synthetic trace records (tests/helpers.py), and the servers tests need, each on a
+free loopback port and stopped by its PID: one local Ray for the session, a moto S3 endpoint, an MLflow
+tracking server."""
 
-import io
 import os
 import shutil
 import socket
@@ -21,30 +20,12 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 FAKE_SECRET = "lare-fake-secret-never-logged"
 os.environ.update(AWS_ACCESS_KEY_ID="lare-fake-key-id", AWS_SECRET_ACCESS_KEY=FAKE_SECRET, AWS_DEFAULT_REGION="us-east-1")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+
+from tests.helpers import record  # noqa: E402
 
 torch.set_num_threads(1)
-
-BACKBONES = ["tiny-qwen2.5-vl", "tiny-qwen3-vl"]
-
-
-def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def record(rid="r0", width=224, height=224, question="What colour is the star?", answer="red",
-           steps=None, choices=None, seed=0, **extra):
-    rec = dict(id=rid, source="test", split="train", image=png_bytes(width, height, seed), width=width, height=height,
-               question=question, choices=choices or [], answer=answer, meta="{}",
-               steps=steps if steps is not None else [{"text": "Find the star.", "bbox": [0.1, 0.1, 0.3, 0.3]}])
-    rec.update(extra)
-    return rec
 
 
 @pytest.fixture
@@ -60,12 +41,6 @@ def records():
                steps=[{"text": "Look at the top-left quarter.", "bbox": [0.0, 0.0, 0.5, 0.5]},
                       {"text": "Count the blue shapes.", "bbox": [0.05, 0.1, 0.45, 0.4]}], seed=2),
     ]
-
-
-def tiny_config(backbone="tiny-qwen2.5-vl", paradigm="lare", *overrides):
-    from lare.config import load_config
-
-    return load_config(None, [f"model.backbone={backbone}", f"method.paradigm={paradigm}", *overrides])
 
 
 def _free_port() -> int:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import BACKBONES, record, tiny_config
+from tests.helpers import BACKBONES, record, tiny_config
 from lare.batch import TraceError, build_batch, example_from_record
 from lare.model import LaReModel
 

@@ -13,7 +13,7 @@ from lare.config import load_config
 from lare.eval.readers import EvalItem
 from lare.eval.scoring import PROTOCOLS
 from lare.model import LaReModel
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.eval.benchfiles import mmbench_rows, pope_rows, write_refocus, write_tsv
 
 BENCHES = ["refocus", "pope", "mmbench"]

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from conftest import record, tiny_config
+from tests.helpers import record, tiny_config
 from lare.batch import build_batch, example_from_record
 from lare.train.loop import curriculum, learning_rate
 from lare.train.parallel import build_model

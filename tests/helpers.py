@@ -1,0 +1,31 @@
+"""Helpers the tests share (not fixtures): tiny configs and synthetic trace records with real PNG bytes and
+real boxes. A module of its own, since several conftest.py files would shadow each other as `conftest`."""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+BACKBONES = ["tiny-qwen2.5-vl", "tiny-qwen3-vl"]
+
+
+def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def record(rid="r0", width=224, height=224, question="What colour is the star?", answer="red",
+           steps=None, choices=None, seed=0, **extra):
+    rec = dict(id=rid, source="test", split="train", image=png_bytes(width, height, seed), width=width, height=height,
+               question=question, choices=choices or [], answer=answer, meta="{}",
+               steps=steps if steps is not None else [{"text": "Find the star.", "bbox": [0.1, 0.1, 0.3, 0.3]}])
+    rec.update(extra)
+    return rec
+
+
+def tiny_config(backbone="tiny-qwen2.5-vl", paradigm="lare", *overrides):
+    from lare.config import load_config
+
+    return load_config(None, [f"model.backbone={backbone}", f"method.paradigm={paradigm}", *overrides])
