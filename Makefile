@@ -8,7 +8,11 @@ export OMP_NUM_THREADS ?= 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench up down status k8s-check dry-run clean
+MODEL ?=
+DATA_ROOT ?= data/benchmarks
+EVAL_ARGS ?=
+
+.PHONY: install demo test bench eval up down status k8s-check dry-run clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +36,10 @@ bench: install
 	$(PY) bench/latent_cost.py
 	$(PY) bench/data_throughput.py
 	$(PY) bench/train_throughput.py
+
+# make eval MODEL=runs:/<run id>/model DATA_ROOT=/data/benchmarks EVAL_ARGS="--limit 200"
+eval: install
+	$(PY) jobs/evaluate.py --model $(MODEL) --data-root $(DATA_ROOT) $(EVAL_ARGS)
 
 # The local stack on 127.0.0.1: Ray head, MLflow server, S3 endpoint (docs/infra.md).
 up: install

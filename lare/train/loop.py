@@ -102,7 +102,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0 and loop_config.get("mlflow_run_id"):
         from lare.train.tracking import RunLogger
 
-        logger = RunLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"])
+        logger = RunLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], resumed=restored is not None)
 
     val_examples = read_examples(cfg.data.traces_dir, cfg.data.val_split, cfg, cfg.data.num_val_samples) \
         if loop_config.get("validate", True) else []

@@ -108,7 +108,7 @@ def open_run(cfg: Config, uri: str, run_id_uri: str, parent_run_id: str = "", ex
 class RunLogger:
     """Rank 0's handle on the run: buffered metrics, artifacts, system metrics; never raises on an outage."""
 
-    def __init__(self, uri: str, run_id: str, system_metrics: bool = True):
+    def __init__(self, uri: str, run_id: str, system_metrics: bool = True, resumed: bool = False):
         quick_client_env()
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -116,6 +116,9 @@ class RunLogger:
         self.uri, self.run_id = uri, run_id
         self.client = MlflowClient(uri)
         self.pending: list = []
+        # After a restart the steps since the checkpoint are replayed (bit for bit on CPU): log each step once.
+        self.resumed = resumed
+        self.logged_through: dict[str, int] = {}
         self.last_warning = 0.0
         self.active = None
         if system_metrics:
@@ -135,10 +138,24 @@ class RunLogger:
 
         now = int(time.time() * 1000)
         for k, v in values.items():
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                self.pending.append(Metric(sanitize(k), float(v), now, step))
+            if v is None or (isinstance(v, float) and math.isnan(v)) or step <= self._logged_through(sanitize(k)):
+                continue
+            self.pending.append(Metric(sanitize(k), float(v), now, step))
         self.pending = self.pending[-200_000:]  # bounded while the server is away
         self.flush()
+
+    def _logged_through(self, key: str) -> int:
+        """The last step of `key` already in the run (asked once per key, and only after a restart)."""
+        if not self.resumed:
+            return -1
+        if key not in self.logged_through:
+            try:
+                self.logged_through[key] = max((m.step for m in self.client.get_metric_history(self.run_id, key)),
+                                               default=-1)
+            except Exception as e:  # unreachable: a duplicate point is better than a lost one
+                self._warn(f"could not read the history of {key}: {e}")
+                return -1
+        return self.logged_through[key]
 
     def flush(self) -> bool:
         try:

@@ -42,6 +42,13 @@ def export_weights(path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def loss_history(client, run_id: str) -> list[float]:
+    history = client.get_metric_history(run_id, "train/loss")
+    steps = sorted(m.step for m in history)
+    assert steps == list(range(1, 13)), f"one train/loss point per step expected, got steps {steps}"
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
 def test_two_workers_fsdp_loss_falls_and_a_killed_worker_resumes_exactly(tmp_path, traces):
     from mlflow.tracking import MlflowClient
 
@@ -49,13 +56,15 @@ def test_two_workers_fsdp_loss_falls_and_a_killed_worker_resumes_exactly(tmp_pat
     clean = run(tmp_path, traces, *common, experiment="clean")
     # 48 rows / 2 workers / batch 4 = 6 steps per epoch; stages 2 and 3: 12 steps
     assert clean["steps"] == 12
-    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(clean["mlflow_run_id"], "train/loss")
-    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
-    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    losses = loss_history(client, clean["mlflow_run_id"])
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
     crashed = run(tmp_path, traces, *common, experiment="crashed", args=["--inject-failure-at-step", "5"])
     assert crashed["steps"] == 12
     assert (tmp_path / "runs" / ".crashed.failed-once").exists()  # the worker really died once
+    # Steps 4 and 5 ran twice (checkpoint at 3, death at 5): the history still has each step once.
+    assert loss_history(client, crashed["mlflow_run_id"]) == losses
     a, b = export_weights(clean["export"]), export_weights(crashed["export"])
     assert a.keys() == b.keys()
     for name in a:
