@@ -87,6 +87,7 @@ def main(argv=None) -> dict:
         summary = {"experiment": cfg.train.experiment, "steps": result.metrics.get("step"),
                    "export": loop_config["export_uri"], "checkpoint": result.checkpoint.path if result.checkpoint else None,
                    "val_accuracy": result.metrics.get("val_accuracy"), "val_mean_tokens": result.metrics.get("val_mean_tokens"),
+                   "resumed_at_step": result.metrics.get("resumed_at_step"),
                    "mlflow_run_id": run_id, "mlflow_uri": redact(uri), "wall_s": round(time.time() - t0, 1)}
         print(json.dumps(summary, indent=1))
         if uri:

@@ -68,7 +68,7 @@ def make_trainer(cfg: Config, dataset: ray.data.Dataset, num_rows: int, *, manif
     loop_config = {
         "config": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(num_rows, cfg), "mlflow_uri": mlflow_uri,
         "mlflow_run_id": mlflow_run_id, "resume_from": resume_from, "validate": validate,
-        "export_uri": f"{experiment_uri}/export", "manifest": json.dumps(manifest, indent=1, default=str),
+        "experiment_uri": experiment_uri, "export_uri": f"{experiment_uri}/export", "manifest": json.dumps(manifest, indent=1, default=str),
         "fail_at_step": fail_at_step,
         "fail_marker": str(Path(storage_path if storage_fs is None else "/tmp") / f".{cfg.train.experiment}.failed-once"),
     }

@@ -47,6 +47,20 @@ def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
                              betas=(0.9, 0.95), foreach=True)
 
 
+def _await_registered(experiment_uri: str, step: int, timeout_s: float = 120.0) -> None:
+    """Failure injection (tests): die only once Ray Train has registered the last checkpoint. Ray's
+    controller collects reports every few seconds; a worker killed before that falls back to the one
+    before (correct, but not the resume a test means to exercise)."""
+    from lare.storage import read_text
+
+    deadline = time.monotonic() + timeout_s
+    while step >= 0 and time.monotonic() < deadline:
+        snapshot = read_text(f"{experiment_uri}/checkpoint_manager_snapshot.json") or ""
+        if f'"step_{step:07d}"' in snapshot:
+            return
+        time.sleep(0.5)
+
+
 def _mean_across_ranks(sums: dict[str, list[float]], world: int, device) -> dict[str, float]:
     """{term: [sum, count]} over the window and the ranks -> means (NaN where nothing was scored)."""
     names = sorted(sums)
@@ -98,6 +112,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with ray.train.Checkpoint(loop_config["resume_from"]).as_directory() as d:
             checkpoint.load_model_only(Path(d), model)
 
+    resumed_at = position.step if restored is not None else -1
+
     logger = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
         from lare.train.tracking import RunLogger
@@ -116,6 +132,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def report(metrics: dict, save: bool) -> None:
         """Every rank calls this equally often: a barrier, and (save=True) a checkpoint (once per step: a
         second one under the same directory name would be deleted with the first)."""
+        metrics = {**metrics, "resumed_at_step": resumed_at}
         if not save or saved_at[0] == position.step:
             ray.train.report(metrics)
             return
@@ -153,6 +170,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 continue
             if fail_at is not None and position.step == fail_at and rank == world - 1 \
                     and not Path(loop_config["fail_marker"]).exists():
+                _await_registered(loop_config["experiment_uri"], saved_at[0])
                 Path(loop_config["fail_marker"]).touch()  # once: the restarted worker goes on
                 os._exit(1)
             lr = learning_rate(cfg, position.step, total_steps)
@@ -236,4 +254,4 @@ def train_loop_per_worker(loop_config: dict) -> None:
             logger.metrics(position.step, {"final/" + k: v for k, v in last_val.items()})
             logger.close()
     del full
-    ray.train.report({"step": position.step, "export": export_uri, **last_val})
+    ray.train.report({"step": position.step, "export": export_uri, "resumed_at_step": resumed_at, **last_val})

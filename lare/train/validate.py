@@ -21,6 +21,17 @@ def answers_match(prediction: str, gold: str) -> bool:
     return normalize_answer(prediction) == normalize_answer(gold)
 
 
+def reshard(model) -> None:
+    """FSDP2 reshards in backward; a forward without one (generation) leaves the root and the decoder layers
+    gathered, their plain tensors registered in place of the sharded parameters. An optimizer built then
+    would hold the gathered copies (which never get gradients) and checkpoints could not map it back."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 @torch.no_grad()
 def validate(model, examples: list[Example], cfg: Config, rank: int, world: int, device) -> tuple[dict, list[dict]]:
     """({val_accuracy (0-100), val_mean_tokens, val_n}, this rank's rows for the validation table)."""
@@ -49,6 +60,7 @@ def validate(model, examples: list[Example], cfg: Config, rank: int, world: int,
     if world > 1 and dist.is_initialized():
         dist.all_reduce(totals)
     correct, tokens, counted = totals.tolist()
+    reshard(model)
     model.train(was_training)
     n = max(counted, 1)
     return {"val_accuracy": 100.0 * correct / n, "val_mean_tokens": tokens / n, "val_n": counted}, rows

@@ -63,6 +63,7 @@ def test_two_workers_fsdp_loss_falls_and_a_killed_worker_resumes_exactly(tmp_pat
     crashed = run(tmp_path, traces, *common, experiment="crashed", args=["--inject-failure-at-step", "5"])
     assert crashed["steps"] == 12
     assert (tmp_path / "runs" / ".crashed.failed-once").exists()  # the worker really died once
+    assert clean["resumed_at_step"] == -1 and crashed["resumed_at_step"] == 3  # from the step-3 checkpoint
     # Steps 4 and 5 ran twice (checkpoint at 3, death at 5): the history still has each step once.
     assert loss_history(client, crashed["mlflow_run_id"]) == losses
     a, b = export_weights(clean["export"]), export_weights(crashed["export"])

@@ -29,6 +29,43 @@ def test_activation_checkpointing_keeps_the_kv_cached_latent_loop_exact(records)
         torch.testing.assert_close(p.grad, grads_a[name].grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def _validate_then_checkpoint(rank: int, port: int, directory: str) -> None:
+    import os
+    from pathlib import Path
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from lare.train import checkpoint
+    from lare.train.loop import make_optimizer
+    from lare.train.validate import validate
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        cfg = tiny_config("tiny-qwen2.5-vl", "lare", "method.latent_steps=2", "train.batch_size=2")
+        model = build_model(cfg, rank, 2, torch.device("cpu"))
+        examples = [example_from_record(record(f"v{i}", seed=i), 1) for i in range(4)]
+        validate(model, examples, cfg, rank, 2, torch.device("cpu"))
+        plain = [n for n, p in model.named_parameters() if not isinstance(p, DTensor)]
+        assert not plain, f"gathered after validation: {plain[:3]}"
+        optimizer = make_optimizer(model, cfg)  # what a new curriculum stage does right after validation
+        batch = build_batch([example_from_record(record(f"t{rank}", seed=9 + rank), 1)], model.processor, cfg)
+        model(batch).loss.backward()
+        optimizer.step()
+        checkpoint.save(Path(directory), model, optimizer, checkpoint.Position(step=1), rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_leaves_fsdp_sharded_so_a_new_optimizer_trains_and_checkpoints(tmp_path, free_port):
+    # Generation never runs backward, where FSDP2 reshards: left alone, a stage's fresh optimizer would
+    # hold gathered copies that get no gradients, and get_state_dict fails on them (KeyError: 0).
+    torch.multiprocessing.spawn(_validate_then_checkpoint, args=(free_port, str(tmp_path / "ckpt")), nprocs=2)
+    assert (tmp_path / "ckpt" / "rank1_position.json").is_file()
+
+
 def test_curriculum_and_schedule():
     cfg = tiny_config("tiny-qwen2.5-vl", "lare", "train.epochs_per_stage=2", "data.max_steps=3")
     assert curriculum(cfg) == [0, 0, 1, 1, 2, 2, 3, 3]
