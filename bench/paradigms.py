@@ -50,6 +50,7 @@ def train_and_eval(name: str, seed: int, traces: str, tmp: Path, args) -> dict:
     from lare.eval.run import evaluate_model
 
     paradigm, extra = VARIANTS[name]
+    t0 = time.time()
     summary = train_job.main([
         "--config", str(args.config), "--no-validate", f"data.traces_dir={traces}", f"method.paradigm={paradigm}",
         f"train.seed={seed}", f"model.seed={seed}", f"train.experiment=paradigms-{name}-s{seed}",
@@ -57,7 +58,7 @@ def train_and_eval(name: str, seed: int, traces: str, tmp: Path, args) -> dict:
         f"train.storage_path={tmp / 'runs'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *extra, *args.overrides])
     evaluation = evaluate_model(summary["export"], ["refocus"], traces, limit=args.eval_limit or None,
                                 batch_size=args.eval_batch, ablation=EVAL_ABLATIONS.get(name, ["none"]))
-    out = {"steps": summary["steps"]}
+    out = {"steps": summary["steps"], "wall_s": round(time.time() - t0)}
     for row in evaluation["results"]:
         splits = row["metrics"]["by_split"]
         out[row["ablation"]] = {"test": splits["test"]["acc"], "hard": splits.get("hard", {}).get("acc"),
@@ -90,6 +91,18 @@ def main(argv=None) -> dict:
 
     t0 = time.time()
     cfg = load_config(args.config, args.overrides)
+    # Each finished run is kept beside the output: an interrupted comparison resumes where it stopped,
+    # with the same settings only.
+    settings = {"config": str(args.config), "rows": args.rows, "epochs_per_stage": args.epochs_per_stage,
+                "eval_limit": args.eval_limit, "overrides": args.overrides}
+    partial = args.out.with_suffix(".partial.json")
+    done = {}
+    if partial.is_file():
+        saved = json.loads(partial.read_text())
+        if saved.get("settings") == settings:
+            done = saved["runs"]
+            print(f"resuming: {len(done)} finished run(s) from {partial}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     traces = args.traces or cfg.data.traces_dir
     with tempfile.TemporaryDirectory(prefix="lare-paradigms-") as tmp:
         tmp = Path(tmp)
@@ -99,8 +112,15 @@ def main(argv=None) -> dict:
                      _node_ip_address="127.0.0.1", _temp_dir=str(tmp / "ray"), log_to_driver=False)
         try:
             ensure_traces(load_config(args.config, [*args.overrides, f"data.traces_dir={traces}"]))
-            runs = {name: [train_and_eval(name, seed, traces, tmp, args) for seed in range(args.seeds)]
-                    for name in args.variants}
+            runs = {}
+            for name in args.variants:
+                runs[name] = []
+                for seed in range(args.seeds):
+                    key = f"{name}/s{seed}"
+                    if key not in done:
+                        done[key] = train_and_eval(name, seed, traces, tmp, args)
+                        partial.write_text(json.dumps({"settings": settings, "runs": done}, indent=1))
+                    runs[name].append(done[key])
         finally:
             if started:
                 ray.shutdown()
@@ -108,7 +128,7 @@ def main(argv=None) -> dict:
     table = {}
     for name, seeds in runs.items():
         for ablation in seeds[0]:
-            if ablation == "steps":
+            if ablation in ("steps", "wall_s"):
                 continue
             key = name if ablation == "none" else f"{name}[{ablation}]"
             test = mean_std([s[ablation]["test"] for s in seeds])
@@ -119,6 +139,7 @@ def main(argv=None) -> dict:
                           "tokens_total": tokens, "tokens_inference": inference, "steps": seeds[0]["steps"]}
     result = {"config": str(args.config), "seeds": args.seeds, "rows": args.rows, "epochs_per_stage": args.epochs_per_stage,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_s": round(time.time() - t0),
+              "runs_wall_s": sum(r["wall_s"] for seeds in runs.values() for r in seeds),
               "table": table, "runs": runs,
               "targets": {"lare_acc_minus_best_baseline": ">= 7.6 points", "lare_tokens_over_crop": "<= 0.40"}}
     baselines = [table[b]["test_acc"] for b in BASELINES if b in table]
@@ -136,8 +157,8 @@ def main(argv=None) -> dict:
     for key in ("lare_acc_minus_best_baseline", "lare_tokens_over_crop"):
         if key in result:
             print(f"{key}: {result[key]:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
+    partial.unlink(missing_ok=True)
     print(f"wrote {args.out}")
     return result
 

@@ -32,3 +32,13 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     # token accounting drives the headline ratio: lare spends latent positions, crop re-encodes regions
     assert result["lare_tokens_over_crop"] == pytest.approx(table["lare"]["tokens_total"] / table["crop"]["tokens_total"])
     assert "lare_acc_minus_best_baseline" in result
+
+    # An interrupted comparison resumes: finished runs are read back, not trained again.
+    assert not out.with_suffix(".partial.json").exists()
+    args = ["--seeds", "1", "--rows", "16", "--epochs-per-stage", "1", "--eval-limit", "6", "--traces", str(traces),
+            "--out", str(out), "train.start_stage=3", "train.batch_size=8", "data.num_val_samples=4"]
+    settings = {"config": str(ROOT / "configs" / "tiny.yaml"), "rows": 16, "epochs_per_stage": 1, "eval_limit": 6,
+                "overrides": args[-3:]}
+    out.with_suffix(".partial.json").write_text(json.dumps({"settings": settings, "runs": {"crop/s0": result["runs"]["crop"][0]}}))
+    resumed = paradigms.main([*args, "--variants", "crop"])
+    assert resumed["runs"]["crop"] == result["runs"]["crop"] and resumed["runs_wall_s"] == result["runs"]["crop"][0]["wall_s"]
