@@ -112,10 +112,9 @@ def main(argv=None) -> dict:
                      _node_ip_address="127.0.0.1", _temp_dir=str(tmp / "ray"), log_to_driver=False)
         try:
             ensure_traces(load_config(args.config, [*args.overrides, f"data.traces_dir={traces}"]))
-            runs = {}
-            for name in args.variants:
-                runs[name] = []
-                for seed in range(args.seeds):
+            runs = {name: [] for name in args.variants}
+            for seed in range(args.seeds):  # every variant at one seed before the next seed
+                for name in args.variants:
                     key = f"{name}/s{seed}"
                     if key not in done:
                         done[key] = train_and_eval(name, seed, traces, tmp, args)
