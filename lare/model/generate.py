@@ -105,7 +105,11 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
             model.encode_pixels(blank_pv.to(device), blank_grid.to(device))
         chunk_embeds = model.embed(ids, features)
         if crops:  # relative M-RoPE positions of the chunk from the model's helper, then shifted
-            rel = model.rope_positions(ids, (ids == p.image_token_id).long(), grids, mask)
+            # only rows with new tokens: the helper fails on an empty row (a finished sample)
+            live = mask.any(1).nonzero().squeeze(1)
+            rel = torch.zeros(3, B, c, dtype=torch.long, device=device)
+            rel[:, live] = model.rope_positions(ids[live], (ids[live] == p.image_token_id).long(), grids,
+                                                mask[live]).to(rel.dtype)
         else:
             rel = torch.arange(c, device=device)[None, None, :].expand(3, B, c)
         pos = rel + next_pos[None, :, None]

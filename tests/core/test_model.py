@@ -17,13 +17,19 @@ def build(backbone="tiny-qwen2.5-vl", paradigm="lare", *overrides):
     return LaReModel.build(cfg), cfg
 
 
-def script_outputs(model, script: list[int]) -> None:
-    """Make greedy decoding emit `script`, one token per call of the LM head."""
+def script_outputs(model, script: list[int], *more_rows: list[int]) -> None:
+    """Make greedy decoding emit `script`, one token per call of the LM head (row b emits more_rows[b - 1]
+    when given; a row keeps its last token once its script is used up)."""
     calls = []
+    rows = [script, *more_rows]
 
     def scripted(module, inputs, output):
         out = torch.full_like(output, -1e4)
-        out[..., script[len(calls)]] = 0
+        if more_rows:
+            for b, row in enumerate(rows):
+                out[b, ..., row[min(len(calls), len(row) - 1)]] = 0
+        else:
+            out[..., script[len(calls)]] = 0
         calls.append(1)
         return out
 
@@ -155,6 +161,19 @@ def test_crop_generation_reencodes_the_predicted_box_and_counts_it():
     assert gen.tokens[0]["generated"] == len(script)
     assert gen.tokens[0]["prompt_text"] == 22 and gen.tokens[0]["visual"] == 4
     assert gen.answers == ["red"]
+
+
+def test_crop_generation_when_one_row_crops_and_another_has_finished():
+    # The appended chunk then has an empty row: its positions must not go through the rope helper.
+    model, cfg = build("tiny-qwen2.5-vl", "crop")
+    p = model.processor
+    ex = examples([record("done", 56, 56, question="Hi?", steps=[]), record("crops", 56, 56, question="Hi?", steps=[])])
+    crop_script = [p.box_start_id, *p.encode("(0,0),(500,500)"), p.box_end_id, *p.encode("\nAnswer: red"), p.im_end_id]
+    script_outputs(model, [p.im_end_id], crop_script)
+    gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=40)
+    assert gen.boxes == [[], [[0.0, 0.0, 0.5, 0.5]]]
+    assert [t["crop_visual"] for t in gen.tokens] == [0, 6] and gen.answers[1] == "red"
+    assert [t["generated"] for t in gen.tokens] == [1, len(crop_script)]
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
