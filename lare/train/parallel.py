@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from lare.config import Config
 from lare.model import LaReModel
@@ -79,3 +79,12 @@ def build_model(cfg: Config, rank: int, world: int, device: torch.device) -> LaR
         dist.broadcast(buf, src=0)
     del reference, full
     return model
+
+
+def reshard(model) -> None:
+    """FSDP2 reshards in backward; a forward without one (generation) leaves the root and the decoder layers
+    gathered, their plain tensors registered in place of the sharded parameters. An optimizer built then
+    would hold the gathered copies (which never get gradients) and checkpoints could not map it back."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()

@@ -13,23 +13,13 @@ import torch.distributed as dist
 
 from lare.batch import Example, build_batch
 from lare.config import Config
+from lare.train.parallel import reshard
 
 
 def answers_match(prediction: str, gold: str) -> bool:
     from lare.eval.extract import normalize_answer
 
     return normalize_answer(prediction) == normalize_answer(gold)
-
-
-def reshard(model) -> None:
-    """FSDP2 reshards in backward; a forward without one (generation) leaves the root and the decoder layers
-    gathered, their plain tensors registered in place of the sharded parameters. An optimizer built then
-    would hold the gathered copies (which never get gradients) and checkpoints could not map it back."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
 
 
 @torch.no_grad()
