@@ -17,6 +17,12 @@ to make it true, so no question is answerable from its text alone (a test checks
 question-only majority baseline stays near chance). Every sample has its own RNG derived from
 (seed, split, index): rows do not depend on how the work is split across workers.
 No object straddles the image's midlines, so "in the top-left quarter" is never ambiguous.
+
+With the option colour_only, every question names objects by colour and place only and never asks for a
+shape (the shapes are still drawn): What colour is the object in the top-left quarter? / What colour is the
+object directly right of the red object? / Is there a red object in the top-left quarter? A vision tower that
+starts from random weights learns colour within minutes on a CPU and shape identity only much later, so the
+tiny demo trains on this variant; the full benchmark is the default.
 """
 
 import numpy as np
@@ -46,6 +52,7 @@ DEFAULTS = {
     "num_hard": 512,
     "image_size": 224,  # square images; object sizes scale with it (the ranges below are at 224)
     "families": "all",  # comma-separated subset of the families, or "all"
+    "colour_only": False,  # questions name and ask colours and places only, never shapes (the tiny demo)
 }
 
 NORMAL = {"objects": (6, 12), "size": (10, 28), "max_count": 4}
@@ -77,9 +84,21 @@ def families_of(opts: dict) -> tuple:
     return families
 
 
+def flag(opts: dict, key: str) -> bool:
+    """A boolean option given as a bool (config) or as text (--option key=true on the command line)."""
+    value = opts[key]
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"refocus option {key!r} must be true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
 def check_options(opts: dict):
     """Called on the driver before any work: a bad option fails the job, not every row."""
     families_of(opts)
+    flag(opts, "colour_only")
     if int(opts["image_size"]) < 112:
         raise ValueError(f"refocus option 'image_size' must be at least 112, got {opts['image_size']}")
     for split in SPLITS:
@@ -88,7 +107,8 @@ def check_options(opts: dict):
 
 
 def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
-    return generate(raw["split"], raw["index"], seed=seed, size=int(opts["image_size"]), families=families_of(opts))
+    return generate(raw["split"], raw["index"], seed=seed, size=int(opts["image_size"]), families=families_of(opts),
+                    colour_only=flag(opts, "colour_only"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,8 +116,8 @@ def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
 
 
 class Scene:
-    def __init__(self, rng: np.random.Generator, size: int, hard: bool):
-        self.rng, self.size, self.hard = rng, size, hard
+    def __init__(self, rng: np.random.Generator, size: int, hard: bool, colour_only: bool = False):
+        self.rng, self.size, self.hard, self.colour_only = rng, size, hard, colour_only
         self.cfg = HARD if hard else NORMAL
         self.scale = size / 224
         self.objects: list[dict] = []
@@ -152,6 +172,10 @@ class Scene:
         h = self.size // 2
         col, row = (0 if "left" in q else 1), (0 if "top" in q else 1)
         return (col * h, row * h, col * h + h, row * h + h)
+
+    def quarter_of(self, box) -> str:
+        h = self.size / 2
+        return QUARTERS[(box[0] >= h) + 2 * (box[1] >= h)]
 
 
 def tight_box(obj) -> list[float]:
@@ -223,6 +247,12 @@ def _pick(rng, seq, exclude=()):
 
 def q_attribute(sc: Scene, ask=None):
     rng = sc.rng
+    if sc.colour_only:  # the place names the object: it is alone in its quarter
+        quarter, colour = QUARTERS[rng.integers(4)], _pick(rng, COLOUR_NAMES)
+        target = sc.add(_pick(rng, SHAPES), colour, sc.draw_size(), region=sc.quarter_box(quarter))
+        sc.fill(sc.n_objects(), lambda sh, co, b: sc.quarter_of(b) != quarter)
+        return (f"What colour is the object in the {quarter} quarter?", colour, [
+            (f"Look at the {quarter} quarter; the object there is {colour}.", [target])], {"asks": "colour", "quarter": quarter})
     ask = ask or ("colour" if rng.random() < 0.5 else "shape")
     shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
     target = sc.add(shape, colour, sc.draw_size())
@@ -254,11 +284,11 @@ def _gap(anchor_box, box, direction) -> float:
 
 def q_relation(sc: Scene, ask=None):
     rng = sc.rng
-    ask = ask or ("shape" if rng.random() < 0.5 else "colour")
+    ask = "colour" if sc.colour_only else ask or ("shape" if rng.random() < 0.5 else "colour")
     direction = DIRECTIONS[rng.integers(4)]
     a_shape, a_colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
     t_shape, t_colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
-    if (t_shape, t_colour) == (a_shape, a_colour):
+    if (t_shape, t_colour) == (a_shape, a_colour) or (sc.colour_only and t_colour == a_colour):
         raise _Retry
     anchor = sc.add(a_shape, a_colour, sc.draw_size())
     s = sc.draw_size()
@@ -273,15 +303,18 @@ def q_relation(sc: Scene, ask=None):
     t_gap = _gap(anchor["box"], target["box"], direction)
 
     def allowed(sh, co, b):  # anchor stays unique; nothing else in the band nearer than the target
-        if (sh, co) == (a_shape, a_colour):
+        if (sh, co) == (a_shape, a_colour) or (sc.colour_only and co == a_colour):
             return False
         return not (_in_band(anchor["box"], b, direction) and _gap(anchor["box"], b, direction) <= t_gap + 2)
 
     sc.fill(sc.n_objects(), allowed)
     where = {"right": "directly right of", "left": "directly left of", "above": "directly above", "below": "directly below"}[direction]
     look = {"right": "Look directly right of it", "left": "Look directly left of it", "above": "Look directly above it", "below": "Look directly below it"}[direction]
-    steps = [(f"Find the {a_colour} {a_shape}.", [anchor]), (f"{look}: a {t_colour} {t_shape}.", [target])]
+    steps = [(f"Find the {a_colour} {a_shape}.", [anchor]), (f"{look}: {_a(t_colour)} {t_shape}.", [target])]
     meta = {"direction": direction, "asks": ask}
+    if sc.colour_only:  # the anchor is the only object of its colour
+        steps = [(f"Find the {a_colour} object.", [anchor]), (f"{look}: {_a(t_colour)} object.", [target])]
+        return f"What colour is the object {where} the {a_colour} object?", t_colour, steps, meta
     if ask == "shape":
         return f"What shape is {where} the {a_colour} {a_shape}?", t_shape, steps, meta
     return f"What colour is the shape {where} the {a_colour} {a_shape}?", t_colour, steps, meta
@@ -292,7 +325,7 @@ def q_counting(sc: Scene):
     n = int(rng.integers(0, sc.cfg["max_count"] + 1))
     quarter = QUARTERS[rng.integers(4)]
     qbox = sc.quarter_box(quarter)
-    by_colour = rng.random() < 0.5
+    by_colour = sc.colour_only or rng.random() < 0.5
     attr = _pick(rng, COLOUR_NAMES) if by_colour else _pick(rng, SHAPES)
     matches = (lambda sh, co: co == attr) if by_colour else (lambda sh, co: sh == attr)
     targets = []
@@ -315,8 +348,9 @@ def q_counting(sc: Scene):
 
 def q_comparison(sc: Scene):
     rng = sc.rng
-    a, b = _pick(rng, SHAPES), None
-    b = _pick(rng, SHAPES, exclude=(a,))
+    vocab = COLOUR_NAMES if sc.colour_only else SHAPES  # what names the two objects
+    a = _pick(rng, vocab)
+    b = _pick(rng, vocab, exclude=(a,))
     word = "larger" if rng.random() < 0.5 else "smaller"
     yes = rng.random() < 0.5
     lo, hi = sc.cfg["size"]
@@ -325,16 +359,52 @@ def q_comparison(sc: Scene):
     if big < small * 1.4:  # the difference must be plain to see
         raise _Retry
     a_big = yes == (word == "larger")
-    oa = sc.add(a, _pick(rng, COLOUR_NAMES), big if a_big else small)
-    ob = sc.add(b, _pick(rng, COLOUR_NAMES), small if a_big else big)
-    sc.fill(sc.n_objects(), lambda sh, co, bx: sh not in (a, b))
+    if sc.colour_only:
+        oa = sc.add(_pick(rng, SHAPES), a, big if a_big else small)
+        ob = sc.add(_pick(rng, SHAPES), b, small if a_big else big)
+        sc.fill(sc.n_objects(), lambda sh, co, bx: co not in (a, b))
+        a, b = f"{a} object", f"{b} object"
+    else:
+        oa = sc.add(a, _pick(rng, COLOUR_NAMES), big if a_big else small)
+        ob = sc.add(b, _pick(rng, COLOUR_NAMES), small if a_big else big)
+        sc.fill(sc.n_objects(), lambda sh, co, bx: sh not in (a, b))
     verdict = f"the {a} is {'larger' if a_big else 'smaller'}"
     steps = [(f"Find the {a}.", [oa]), (f"Compare it with the {b}: {verdict}.", [ob])]
     return f"Is the {a} {word} than the {b}?", "yes" if yes else "no", steps, {"relation": word}
 
 
+def q_existence_in_quarter(sc: Scene):
+    """Colour-only existence: Is there a red object in the top-left quarter? Negatives: the colour is
+    nowhere (random), the quarter is busy with other colours (popular), or the colour is only elsewhere
+    (adversarial: a binding of colour and place)."""
+    rng = sc.rng
+    pope, yes = POPE_TYPES[rng.integers(3)], rng.random() < 0.5
+    colour, quarter = _pick(rng, COLOUR_NAMES), QUARTERS[rng.integers(4)]
+    qbox = sc.quarter_box(quarter)
+    question, meta = f"Is there a {colour} object in the {quarter} quarter?", {"pope_type": pope, "quarter": quarter}
+    if yes:
+        target = sc.add(_pick(rng, SHAPES), colour, sc.draw_size(), region=qbox)
+        sc.fill(sc.n_objects(), lambda sh, co, b: True)
+        return question, "yes", [(f"Look at the {quarter} quarter: there is {_a(colour)} object.", [target])], meta
+    look = (f"Look at the {quarter} quarter: there is no {colour} object.", [float(v) for v in qbox])
+    if pope == "random":
+        sc.fill(sc.n_objects(), lambda sh, co, b: co != colour)
+        return question, "no", [look], meta
+    if pope == "popular":
+        for _ in range(2):
+            sc.add(_pick(rng, SHAPES), _pick(rng, COLOUR_NAMES, exclude=(colour,)), sc.draw_size(), region=qbox)
+        sc.fill(sc.n_objects(), lambda sh, co, b: co != colour)
+        return question, "no", [look], meta
+    elsewhere = _pick(rng, QUARTERS, exclude=(quarter,))
+    other = sc.add(_pick(rng, SHAPES), colour, sc.draw_size(), region=sc.quarter_box(elsewhere))
+    sc.fill(sc.n_objects(), lambda sh, co, b: co != colour or sc.quarter_of(b) != quarter)
+    return question, "no", [look, (f"The {colour} object is in the {elsewhere} quarter.", [other])], meta
+
+
 def q_existence(sc: Scene):
     rng = sc.rng
+    if sc.colour_only:
+        return q_existence_in_quarter(sc)
     pope = POPE_TYPES[rng.integers(3)]
     yes = rng.random() < 0.5
     shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
@@ -361,6 +431,10 @@ def q_existence(sc: Scene):
                             (f"The {shape} is {other['colour']}: there is no {colour} {shape}.", [other])], meta
 
 
+def _a(word):
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
 def _and(words):
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
@@ -379,7 +453,8 @@ FAMILY_FNS = {"attribute": q_attribute, "relation": q_relation, "counting": q_co
               "comparison": q_comparison, "existence": q_existence, "multiple_choice": q_multiple_choice}
 
 
-def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families=FAMILIES, render_image: bool = True) -> dict:
+def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families=FAMILIES, colour_only: bool = False,
+             render_image: bool = True) -> dict:
     """One sample as a draft trace: deterministic in (seed, split, index).
 
     meta["objects"] lists every object as [shape, colour, x1, y1, x2, y2] (tight box, normalised), so
@@ -390,7 +465,7 @@ def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families
     hard = split == "hard"
     family = families[rng.integers(len(families))]
     for _ in range(100):
-        sc = Scene(rng, size, hard)
+        sc = Scene(rng, size, hard, colour_only)
         try:
             question, answer, steps, meta = FAMILY_FNS[family](sc)
             break
@@ -409,6 +484,6 @@ def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families
             box = list(where)
         trace_steps.append({"text": text, "bbox_px": box})
     objects = [[o["shape"], o["colour"]] + [round(v / size, 5) for v in tight_box(o)] for o in sc.objects]
-    meta = dict(meta, family=family, hard=hard, seed=int(seed), index=int(index), objects=objects)
+    meta = dict(meta, family=family, hard=hard, colour_only=colour_only, seed=int(seed), index=int(index), objects=objects)
     image = render(sc) if render_image else None
     return {"question": question, "answer": answer, "choices": choices, "steps": trace_steps, "meta": meta, "image_pil": image}

@@ -21,8 +21,9 @@ def test_same_seed_same_sample_and_new_seed_new_sample():
     assert refocus.generate("hard", 7, seed=3)["meta"]["objects"] != a["meta"]["objects"]
 
 
-def _samples(split, n, families=refocus.FAMILIES):
-    return [refocus.generate(split, i, seed=0, families=families, render_image=False) for i in range(n)]
+def _samples(split, n, families=refocus.FAMILIES, colour_only=False):
+    return [refocus.generate(split, i, seed=0, families=families, colour_only=colour_only, render_image=False)
+            for i in range(n)]
 
 
 def test_scenes_respect_layout_rules():
@@ -109,9 +110,54 @@ def test_every_answer_is_true_of_its_scene():
     assert set(checked) == {"attribute", "relation", "counting", "comparison", "existence"}
 
 
-def test_question_only_majority_baseline_stays_near_chance():
+def test_colour_only_questions_never_name_a_shape_and_are_true_of_their_scene():
+    checked = Counter()
+    for s in _samples("train", 500, colour_only=True) + _samples("hard", 100, colour_only=True):
+        q, a, objs, meta, fam = s["question"], s["answer"], s["meta"]["objects"], s["meta"], s["meta"]["family"]
+        words = " ".join([q, a, *s["choices"], *(st["text"] for st in s["steps"])]).lower()
+        assert not any(shape in words for shape in refocus.SHAPES), words
+        assert meta["colour_only"] and all(st["bbox_px"] is not None for st in s["steps"])
+        fam = meta.get("base_family", fam)
+        of_colour = lambda c: [o for o in objs if o[1] == c]  # noqa: E731
+        if fam == "attribute":
+            inside = QUARTER_TEST[meta["quarter"]]
+            (hit,) = [o for o in objs if inside(*_centre(o))]  # alone in its quarter
+            assert hit[1] == a
+        elif fam == "relation":
+            (anchor,) = of_colour(q.rstrip("?").split(" ")[-2])
+            (ax, ay), d = _centre(anchor), meta["direction"]
+            if d in ("right", "left"):
+                band = [o for o in objs if o[3] < anchor[5] and o[5] > anchor[3] and (_centre(o)[0] > ax) == (d == "right") and o is not anchor]
+                nearest = min(band, key=lambda o: abs(_centre(o)[0] - ax))
+            else:
+                band = [o for o in objs if o[2] < anchor[4] and o[4] > anchor[2] and (_centre(o)[1] < ay) == (d == "above") and o is not anchor]
+                nearest = min(band, key=lambda o: abs(_centre(o)[1] - ay))
+            assert a == nearest[1]
+        elif fam == "counting":
+            assert meta["by"] == "colour"
+            inside = QUARTER_TEST[meta["quarter"]]
+            assert a == str(sum(1 for o in of_colour(q.split("How many ")[1].split(" ")[0]) if inside(*_centre(o))))
+        elif fam == "comparison":
+            x, y = q[len("Is the "):].rstrip("?").split(f" {meta['relation']} than the ")
+            (ox,), (oy,) = of_colour(x.split(" ")[0]), of_colour(y.split(" ")[0])
+            assert a == ("yes" if (_size(ox) > _size(oy)) == (meta["relation"] == "larger") else "no")
+        elif fam == "existence":
+            colour = q[len("Is there a "):].split(" ")[0]
+            inside = QUARTER_TEST[meta["quarter"]]
+            assert a == ("yes" if any(inside(*_centre(o)) for o in of_colour(colour)) else "no")
+            if a == "no":
+                elsewhere = len(of_colour(colour)) > 0
+                assert elsewhere == (meta["pope_type"] == "adversarial")
+                if meta["pope_type"] == "popular":
+                    assert sum(inside(*_centre(o)) for o in objs) >= 2
+        checked[fam] += 1
+    assert set(checked) == {"attribute", "relation", "counting", "comparison", "existence"}
+
+
+@pytest.mark.parametrize("colour_only", [False, True], ids=["full", "colour_only"])
+def test_question_only_majority_baseline_stays_near_chance(colour_only):
     """A model that sees only the question text should not beat guessing: answers are drawn first."""
-    train, test = _samples("train", 3000), _samples("test", 1500)
+    train, test = _samples("train", 3000, colour_only=colour_only), _samples("test", 1500, colour_only=colour_only)
     by_question, by_family = defaultdict(Counter), defaultdict(Counter)
     for s in train:
         by_question[s["question"]][s["answer"]] += 1
@@ -125,7 +171,7 @@ def test_question_only_majority_baseline_stays_near_chance():
             guess = guess if guess in s["choices"] else s["choices"][0]
         hits[fam] += guess == s["answer"]
         total[fam] += 1
-    chance = {"attribute": 1 / 7, "relation": 1 / 7, "counting": 1 / 5, "comparison": 1 / 2, "existence": 1 / 2,
+    chance = {"attribute": 1 / 8 if colour_only else 1 / 7, "relation": 1 / 7, "counting": 1 / 5, "comparison": 1 / 2, "existence": 1 / 2,
               "multiple_choice": 1 / 4}
     for fam, n in total.items():
         acc = hits[fam] / n
@@ -142,5 +188,8 @@ def test_bad_options_fail_before_any_work():
     with pytest.raises(ValueError, match="colour_wheel"):
         resolve_options("refocus", {"families": "attribute,colour_wheel"})
     assert resolve_options("refocus", {"families": "counting, existence"})["families"] == "counting, existence"
+    with pytest.raises(ValueError, match="colour_only.*true or false"):
+        resolve_options("refocus", {"colour_only": "maybe"})
+    assert refocus.flag(resolve_options("refocus", {"colour_only": "true"}), "colour_only") is True
     sample = refocus.generate("train", 3, families=("counting",))
     assert sample["meta"]["family"] == "counting"
