@@ -29,10 +29,16 @@ MODEL_CLASSES = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# The tiny presets start from random weights at fan-in scale (std = width^-1/2), not the 0.02 of the real
+# checkpoints' configs: at width 64, std 0.02 gives near-uniform attention whose gradients stay small for
+# hundreds of steps, and the demo's budget is a few hundred steps.
+TINY_TEXT_INIT, TINY_VISION_INIT = 64 ** -0.5, 32 ** -0.5
+
+
 def _tiny_text(vocab_size: int, **extra) -> dict:
     return dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                bos_token_id=None, eos_token_id=None, **extra)
+                initializer_range=TINY_TEXT_INIT, bos_token_id=None, eos_token_id=None, **extra)
 
 
 def _tiny_qwen25(vocab_size: int, ids: dict) -> Qwen2_5_VLConfig:
@@ -40,7 +46,7 @@ def _tiny_qwen25(vocab_size: int, ids: dict) -> Qwen2_5_VLConfig:
         text_config=_tiny_text(vocab_size, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1], out_hidden_size=64),
+                           fullatt_block_indexes=[1], out_hidden_size=64, initializer_range=TINY_VISION_INIT),
         **ids,
     )
 
@@ -51,7 +57,7 @@ def _tiny_qwen3(vocab_size: int, ids: dict) -> Qwen3VLConfig:
             "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
-                           num_position_embeddings=256, deepstack_visual_indexes=[0]),
+                           num_position_embeddings=256, deepstack_visual_indexes=[0], initializer_range=TINY_VISION_INIT),
         **ids,
     )
 

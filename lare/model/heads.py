@@ -41,6 +41,15 @@ class Refocus(nn.Module):
         self.v_pos = nn.Linear(POSITION_FEATURES, width, bias=False)
         self.out_norm = nn.RMSNorm(width)
 
+    def reset_parameters(self) -> None:
+        """Projections at fan-in scale (std = fan_in^-1/2), whatever the width: the scores then start O(1). A fixed
+        small std (0.02) suits a 3584-wide backbone but leaves a 64-wide one with near-uniform attention whose
+        gradients (each projection's scales with the other's) stay small for hundreds of steps."""
+        for linear in (self.q, self.k, self.v, self.k_pos, self.v_pos):
+            nn.init.normal_(linear.weight, std=linear.weight.shape[1] ** -0.5)
+        for norm in (self.kv_norm, self.out_norm):
+            nn.init.ones_(norm.weight)
+
     def keys_values(self, V: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image side, computed once per forward (it does not change across latent steps):
         keys and values [B, P, H, head_dim]. pos [B, P, POSITION_FEATURES]: where each token sits."""

@@ -127,7 +127,7 @@ class LaReModel(nn.Module):
                 self.pixel = PixelDecoder(d, m.pixel_size)
             if latent_mode and m.adaptive_stop:
                 self.stop = nn.Linear(d, 1)
-            for module in (self.refocus, self.recon, self.align, self.stop):
+            for module in (self.recon, self.align, self.stop):
                 if module is not None:
                     for name, p in module.named_parameters():
                         if "norm" in name:
@@ -136,7 +136,8 @@ class LaReModel(nn.Module):
                             nn.init.normal_(p, std=0.02)
                         else:
                             nn.init.zeros_(p)
-            if self.fusion is not None:
+            if self.refocus is not None:
+                self.refocus.reset_parameters()
                 self.fusion.reset_parameters(std=0.02)
         self.to(next(vlm.parameters()).dtype)
 
