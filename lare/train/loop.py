@@ -160,6 +160,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model.train()
     for epoch in range(position.epoch, len(epochs)):
         stage = epochs[epoch]
+        stage_ends = epoch + 1 == len(epochs) or epochs[epoch + 1] != stage  # after this epoch
         if stage != position.stage:
             if position.stage >= 0 and cfg.train.reset_optimizer_each_stage:
                 optimizer = make_optimizer(model, cfg)  # Coconut: a fresh optimizer at each stage
@@ -217,12 +218,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 t_window, samples_window, tokens_window = time.perf_counter(), 0, 0
             if cfg.train.val_every and position.step % cfg.train.val_every == 0:
                 run_validation()
-            if position.step % cfg.train.checkpoint_every == 0:
+            stage_end_step = stage_ends and position.batch_in_epoch == loop_config["steps_per_epoch"]
+            if position.step % cfg.train.checkpoint_every == 0 and not stage_end_step:  # reported once, below
                 if cfg.train.checkpoint_score and not (cfg.train.val_every and position.step % cfg.train.val_every == 0):
                     run_validation()  # the score that decides which checkpoints are kept
                 report({"step": position.step, "stage": stage, **last_val}, save=True)
         position.epoch, position.batch_in_epoch = epoch + 1, 0
-        stage_ends = epoch + 1 == len(epochs) or epochs[epoch + 1] != stage
         if stage_ends:
             if not cfg.train.val_every:
                 run_validation()

@@ -59,6 +59,9 @@ def test_two_workers_fsdp_loss_falls_and_a_killed_worker_resumes_exactly(tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     losses = loss_history(client, clean["mlflow_run_id"])
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    # The summary's validation is the final one (step 12 is a checkpoint step and a stage end: reported once).
+    val = max(client.get_metric_history(clean["mlflow_run_id"], "val_accuracy"), key=lambda m: m.step)
+    assert val.step == 12 and clean["val_accuracy"] == val.value
 
     crashed = run(tmp_path, traces, *common, experiment="crashed", args=["--inject-failure-at-step", "5"])
     assert crashed["steps"] == 12
@@ -109,6 +112,18 @@ def cli(*args, timeout=60):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_traces_built_with_other_source_options_are_refused(traces):
+    """The demo's traces folder holds the colour-only variant: training must never silently use other data."""
+    from lare.config import load_config
+    from lare.train.launch import ensure_traces
+
+    same = load_config(None, [f"data.traces_dir={traces}", "data.source_options={num_train: 48, colour_only: false}"])
+    assert ensure_traces(same)["options"]["num_train"] == 48
+    other = load_config(None, [f"data.traces_dir={traces}", "data.source_options={colour_only: true}"])
+    with pytest.raises(SystemExit, match=r"other options .*'colour_only': \(False, True\)"):
+        ensure_traces(other)
 
 
 def test_bad_config_is_a_clear_error():
