@@ -70,6 +70,7 @@ class MethodConfig:
 class DataConfig:
     source: str = opt("refocus", "Trace source built by pipelines/ (refocus, easy_vqa, visual_cot, gqa, vqav2, jsonl, parquet).")
     traces_dir: str = opt("data/traces/refocus", "Folder (or s3:// URI) of the trace Parquet files with one subfolder per split.")
+    source_options: dict = opt({}, "Reader options used when the job builds the bundled refocus traces itself (e.g. {colour_only: true}); see docs/data.md.")
     train_split: str = opt("train", "Split used for training.")
     val_split: str = opt("val", "Split used for validation during training.")
     max_steps: int = opt(3, "Most CoT steps a trace may have; the final curriculum stage replaces all of them.")

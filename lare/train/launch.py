@@ -23,20 +23,30 @@ log = logging.getLogger("lare.train")
 
 
 def ensure_traces(cfg: Config) -> dict:
-    """The bundled refocus traces are built when missing; other sources must be built with jobs/build_data.py."""
+    """The bundled refocus traces are built when missing; other sources must be built with jobs/build_data.py.
+    Traces already there must have been built with data.source_options: training on other data silently is worse
+    than stopping."""
     from pipelines.io import read_manifest
 
     try:
-        return read_manifest(cfg.data.traces_dir)
+        manifest = read_manifest(cfg.data.traces_dir)
     except (FileNotFoundError, OSError):
-        pass
+        manifest = None
+    if manifest is not None:
+        built = manifest.get("options", {})
+        differ = {k: (built.get(k), v) for k, v in cfg.data.source_options.items() if str(built.get(k)).lower() != str(v).lower()}
+        if differ:
+            raise SystemExit(f"error: the traces at {redact(cfg.data.traces_dir)} were built with other options than "
+                             f"data.source_options (option: (built, asked)) {differ}; point data.traces_dir at a new "
+                             "folder or remove this one to rebuild it")
+        return manifest
     if cfg.data.source != "refocus" or is_remote(cfg.data.traces_dir) or cfg.data.mixture:
         raise SystemExit(f"error: no traces at {redact(cfg.data.traces_dir)}; build them first: "
                          f"python jobs/build_data.py --source {cfg.data.source} --out {redact(cfg.data.traces_dir)}")
     from pipelines.build import build_traces
 
     log.info("building the refocus traces into %s", cfg.data.traces_dir)
-    return build_traces("refocus", cfg.data.traces_dir, seed=cfg.train.seed)
+    return build_traces("refocus", cfg.data.traces_dir, seed=cfg.train.seed, options=cfg.data.source_options)
 
 
 def storage(cfg: Config) -> tuple[str, object, str]:
