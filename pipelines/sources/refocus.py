@@ -174,6 +174,7 @@ class Scene:
         return (col * h, row * h, col * h + h, row * h + h)
 
     def quarter_of(self, box) -> str:
+        """The quarter a placed box lies in (boxes never straddle a midline: free() refuses them)."""
         h = self.size / 2
         return QUARTERS[(box[0] >= h) + 2 * (box[1] >= h)]
 
@@ -334,10 +335,7 @@ def q_counting(sc: Scene):
         colour = attr if by_colour else _pick(rng, COLOUR_NAMES)
         targets.append(sc.add(shape, colour, sc.draw_size(), region=qbox))
 
-    def inside(b):
-        return qbox[0] <= b[0] and b[2] <= qbox[2] and qbox[1] <= b[1] and b[3] <= qbox[3]
-
-    sc.fill(max(sc.n_objects(), n + 3), lambda sh, co, b: not (matches(sh, co) and inside(b)))
+    sc.fill(max(sc.n_objects(), n + 3), lambda sh, co, b: not (matches(sh, co) and sc.quarter_of(b) == quarter))
     what = f"{attr} shapes" if by_colour else PLURALS[attr]
     one = f"{attr} shape" if by_colour else attr
     count_text = f"There are no {what} in it." if n == 0 else f"There is 1 {one} in it." if n == 1 else f"There are {n} {what} in it."
