@@ -32,7 +32,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # The tiny presets start from random weights at fan-in scale (std = width^-1/2), not the 0.02 of the real
 # checkpoints' configs: at width 64, std 0.02 gives near-uniform attention whose gradients stay small for
 # hundreds of steps, and the demo's budget is a few hundred steps.
-TINY_TEXT_INIT, TINY_VISION_INIT = 64 ** -0.5, 32 ** -0.5
+TINY_TEXT_INIT = 64 ** -0.5
+
+# Rotary positions that tell rows and columns apart. M-RoPE gives each axis (time, row, column) its own
+# frequencies; with the real configs' theta and a tiny head the image axes only get the slowest ones (a head dim
+# of 16 with theta 1e4 turned 8 columns by 0.02 rad in all: no left and right). The tiny presets choose head dim,
+# sections and theta so that every pair of distinct rows and of distinct columns of a 16 x 16 token grid is at
+# least 0.5 rad apart (chord of the rotation, `rope_grid_separation`), as the real Qwen3-VL's interleaved layout is
+# (0.88 rad rows, 0.70 columns). Qwen2.5-VL's layout is not interleaved (the columns always get the slowest
+# frequencies), so its tiny preset needs a small theta; the real Qwen2.5-VL separates neither axis through RoPE
+# (0.05 rad rows, 0.0002 columns) and locates through its vision tower. docs/method.md has the numbers.
+TINY_QWEN25_ROPE = {"rope_type": "default", "rope_theta": 8.0, "mrope_section": [1, 2, 5]}              # head dim 16
+TINY_QWEN3_ROPE = {"rope_type": "default", "rope_theta": 50.0, "mrope_section": [4, 6, 6], "mrope_interleaved": True}  # head dim 32
 
 
 def _tiny_text(vocab_size: int, **extra) -> dict:
@@ -42,24 +53,45 @@ def _tiny_text(vocab_size: int, **extra) -> dict:
 
 
 def _tiny_qwen25(vocab_size: int, ids: dict) -> Qwen2_5_VLConfig:
+    # Like the real Qwen2.5-VL's, this vision tower has no absolute positions (2-D RoPE inside attention only):
+    # where a token sits reaches the language model through M-RoPE.
     return Qwen2_5_VLConfig(
-        text_config=_tiny_text(vocab_size, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        text_config=_tiny_text(vocab_size, rope_parameters=TINY_QWEN25_ROPE),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1], out_hidden_size=64, initializer_range=TINY_VISION_INIT),
+                           fullatt_block_indexes=[1], out_hidden_size=64, initializer_range=32 ** -0.5),
         **ids,
     )
 
 
 def _tiny_qwen3(vocab_size: int, ids: dict) -> Qwen3VLConfig:
+    # The vision tower knows where each patch is: learned absolute position embeddings on a 16 x 16 grid,
+    # interpolated to the image's (as in the real Qwen3-VL); 64 wide so that pretraining (jobs/pretrain.py)
+    # can learn shape identity per token within a CPU budget.
     return Qwen3VLConfig(
-        text_config=_tiny_text(vocab_size, head_dim=16, rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+        text_config=_tiny_text(vocab_size, head_dim=32, rope_parameters=TINY_QWEN3_ROPE),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=16,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
-                           num_position_embeddings=256, deepstack_visual_indexes=[0], initializer_range=TINY_VISION_INIT),
+                           num_position_embeddings=256, deepstack_visual_indexes=[0], initializer_range=64 ** -0.5),
         **ids,
     )
+
+
+def rope_grid_separation(model: PreTrainedModel, grid: int = 16) -> dict[str, float]:
+    """How far apart the language model's rotary positions put distinct rows and distinct columns of a
+    grid x grid visual token grid: the smallest chord |R(a) - R(b)| (Frobenius over the rotation's 2-D
+    blocks, in rad for small angles) over every pair a != b on that axis, from the model's own rotary module."""
+    rotary = model.model.language_model.rotary_emb
+    out = {}
+    for name, axis in (("rows", 1), ("columns", 2)):
+        positions = torch.zeros(3, 1, grid, dtype=torch.long)
+        positions[axis, 0] = torch.arange(grid)
+        cos, sin = rotary(torch.zeros(1, grid, 1), positions)
+        half = cos.shape[-1] // 2  # each frequency appears twice (rotate_half layout)
+        c, s = cos[0, :, :half].double(), sin[0, :, :half].double()
+        dist = ((c[:, None] - c[None]) ** 2 + (s[:, None] - s[None]) ** 2).sum(-1).sqrt()
+        out[name] = float(dist[~torch.eye(grid, dtype=torch.bool)].min())
+    return out
 
 
 def _qwen25(text: dict, vision: dict):
