@@ -205,7 +205,7 @@ def build_batch(examples: list[Example], processor: LaReProcessor, cfg: Config,
                 if paradigm == "crop" and step.box is not None:
                     cut = len(ids) - len(p.encode("\n"))
                     add(ids[:cut], "text")
-                    cpv, cgrid = p.images([crop_box(ex.image, step.box)], max_pixels=p.crop_max_pixels)
+                    cpv, cgrid = p.encode_crop(ex.image, step.box)
                     images.append((i, False, cpv, cgrid[0]))
                     add(p.image_ids(p.num_visual_tokens(cgrid)[0]), "")
                     add(ids[cut:], "text")

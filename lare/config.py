@@ -34,13 +34,13 @@ PARADIGMS = ("direct", "text_cot", "crop", "latent", "lare")
 
 @dataclass
 class ModelConfig:
-    backbone: str = opt("tiny-qwen2.5-vl", "A tiny preset (tiny-qwen2.5-vl, tiny-qwen3-vl) or a local Hugging Face checkpoint directory.")
+    backbone: str = opt("tiny-qwen2.5-vl", "A tiny preset (tiny-qwen2.5-vl, tiny-qwen3-vl: random weights; tiny-qwen3-vl-pretrained: bundled, pretrained by jobs/pretrain.py) or a local Hugging Face checkpoint directory.")
     architecture: str = opt("", "When model.backbone is a checkpoint not on this machine (dry runs): the random-* preset with its architecture.")
     dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "Parameter dtype when loading; FSDP2 mixed precision is set in train.*.")
     attn_implementation: Literal["sdpa", "eager"] = opt("sdpa", "Attention kernel; 'eager' is forced when method.refocus=lm_attention (it needs attention weights).")
     min_pixels: int = opt(28 * 28 * 4, "Smallest image area after Qwen's dynamic resize (pixels).")
     max_pixels: int = opt(28 * 28 * 64, "Largest image area after Qwen's dynamic resize (pixels); bounds the visual tokens per image.")
-    crop_max_pixels: int = opt(28 * 28 * 16, "Largest area of a re-encoded crop in the crop baseline (pixels).")
+    crop_max_pixels: int = opt(28 * 28 * 16, "Area every re-encoded crop of the crop baseline is zoomed or shrunk to (pixels; 16 tokens of 28 px).")
     seed: int = opt(0, "Seed for the random initialisation of tiny presets and of the LaRe heads.")
 
 
@@ -55,6 +55,8 @@ class MethodConfig:
     refocus_heads: int = opt(4, "Heads of the learned refocus cross-attention.")
     refocus_dim: int = opt(0, "Width of the refocus attention (0 = the language model's hidden size).")
     top_k: int = opt(0, "Keep only the top-k salient visual tokens per latent step (0 = all).")
+    answer_weight: float = opt(1.0, "Weight of the answer tokens' mean cross-entropy (the same in every paradigm).")
+    text_weight: float = opt(1.0, "Weight of the rationale tokens' mean cross-entropy (text CoT steps and boxes, a crop's box, remaining steps in curriculum stages).")
     recon_weight: float = opt(1.0, "lambda_rec: weight of the visual reconstruction loss 1 - cos(D(z_t), sg(y_t)).")
     focus_weight: float = opt(0.5, "lambda_focus: weight of KL(box distribution || refocus attention); 0 disables.")
     align_weight: float = opt(0.0, "lambda_align: weight of the InfoNCE alignment between latents and region embeddings.")
@@ -98,7 +100,7 @@ class TrainConfig:
     epochs_per_stage: int = opt(1, "Epochs spent in each curriculum stage.")
     num_stages: int = opt(-1, "Curriculum stages 0..S (-1 = data.max_steps + 1: full text, then one more step latent per stage, last stage fully latent).")
     start_stage: int = opt(0, "First curriculum stage (use data.max_steps to skip the curriculum).")
-    reset_optimizer_each_stage: bool = opt(True, "Fresh optimizer state at each curriculum stage (as in Coconut).")
+    reset_optimizer_each_stage: bool = opt(True, "Fresh optimizer state at each curriculum stage (as in Coconut), for latent and lare: the other paradigms' inputs do not change between stages.")
     activation_checkpointing: bool = opt(False, "Recompute decoder-layer activations in backward to save memory.")
     fsdp: bool = opt(True, "Shard with FSDP2 fully_shard (decoder layers, vision blocks, root) when num_workers > 1 or on GPU.")
     reshard_after_forward: bool = opt(False, "FSDP2: free gathered decoder-layer weights after each forward. Off by default: the latent loop runs K+2 forwards per step, each would all-gather every layer again.")
@@ -135,7 +137,7 @@ class Config:
         _check(m.max_latent_steps >= m.latent_steps, "method.max_latent_steps", f"must be >= method.latent_steps ({m.latent_steps})")
         _check(m.top_k >= 0, "method.top_k", "must be >= 0")
         _check(m.refocus_heads >= 1, "method.refocus_heads", "must be >= 1")
-        for name in ("recon_weight", "focus_weight", "align_weight", "pixel_weight", "stop_weight"):
+        for name in ("answer_weight", "text_weight", "recon_weight", "focus_weight", "align_weight", "pixel_weight", "stop_weight"):
             _check(getattr(m, name) >= 0, f"method.{name}", "must be >= 0")
         _check(m.align_temperature > 0, "method.align_temperature", "must be > 0")
         _check(d.max_steps >= 1, "data.max_steps", "must be >= 1")

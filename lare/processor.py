@@ -138,14 +138,23 @@ class LaReProcessor:
         """Side in pixels (of the resized image) that one merged visual token covers: 28 for Qwen2.5-VL."""
         return self.patch_size * self.merge_size
 
-    def images(self, images: list[Image.Image], max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def images(self, images: list[Image.Image], max_pixels: int | None = None,
+               min_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """PIL images -> (pixel_values [sum patches, C*T*p*p], image_grid_thw [N, 3] in patches)."""
         kwargs = {}
         if max_pixels is not None:
-            kwargs["size"] = {"shortest_edge": min(self.image_processor.size["shortest_edge"], max_pixels),
-                              "longest_edge": max_pixels}
+            low = min_pixels if min_pixels is not None else self.image_processor.size["shortest_edge"]
+            kwargs["size"] = {"shortest_edge": min(low, max_pixels), "longest_edge": max_pixels}
         out = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt", **kwargs)
         return out["pixel_values"], out["image_grid_thw"]
+
+    def encode_crop(self, image: Image.Image, box) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crop baseline's re-encoded region: the box's pixels zoomed (or shrunk) to an area of crop_max_pixels,
+        as thinking-with-images systems re-encode a region at the encoder's working resolution. A 28-px box on a
+        224-px image becomes a 112 x 112 crop, 16 tokens of 28 px (it was grown to 28 px, 4 tokens, before)."""
+        from lare.boxes import crop_box
+
+        return self.images([crop_box(image, box)], max_pixels=self.crop_max_pixels, min_pixels=self.crop_max_pixels)
 
     def num_visual_tokens(self, grid_thw: torch.Tensor) -> list[int]:
         return (grid_thw.prod(-1) // self.merge_size**2).tolist()

@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from lare.batch import Batch
-from lare.boxes import crop_box
 from lare.processor import parse_box
 
 TOKEN_KEYS = ("visual", "prompt_text", "latent", "generated", "crop_visual", "total")
@@ -162,7 +161,7 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
                 box = _last_box(out_ids[b], p)
                 if box is not None:
                     example = batch.examples[b]
-                    pv, grid = p.images([crop_box(example.image, box)], max_pixels=p.crop_max_pixels)
+                    pv, grid = p.encode_crop(example.image, box)
                     crops[b] = (pv, grid[0])
                     boxes[b].append(box)
                     inserted = p.image_ids(p.num_visual_tokens(grid)[0])

@@ -357,7 +357,9 @@ class LaReModel(nn.Module):
         zero = ce.sum() * 0
         terms = {"answer_ce": ce[answer].mean() if answer.any() else zero,
                  "text_ce": ce[supervised & ~answer].mean() if (supervised & ~answer).any() else zero}
-        loss = ce[supervised].mean()
+        # Each averaged over its own tokens: a paradigm that writes a long rationale must not dilute its answer
+        # (a mean over all tokens gave text_cot's answer a tenth of direct's weight).
+        loss = m.answer_weight * terms["answer_ce"] + m.text_weight * terms["text_ce"]
         nan = float("nan")
         scored = {"answer_ce": bool(answer.any()), "text_ce": bool((supervised & ~answer).any())}
 

@@ -162,7 +162,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stage = epochs[epoch]
         stage_ends = epoch + 1 == len(epochs) or epochs[epoch + 1] != stage  # after this epoch
         if stage != position.stage:
-            if position.stage >= 0 and cfg.train.reset_optimizer_each_stage:
+            if position.stage >= 0 and cfg.train.reset_optimizer_each_stage and cfg.method.paradigm in ("latent", "lare"):
                 optimizer = make_optimizer(model, cfg)  # Coconut: a fresh optimizer at each stage
             position.stage = stage
         skip = position.batch_in_epoch if epoch == position.epoch else 0

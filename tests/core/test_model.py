@@ -156,8 +156,8 @@ def test_crop_generation_reencodes_the_predicted_box_and_counts_it():
     script_outputs(model, script)
     gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=40)
     assert gen.boxes == [[[0.0, 0.0, 0.5, 0.5]]]
-    # the 28x28 crop is resized up to the 56x56 minimum: 4 tokens + <|vision_start|> + <|vision_end|>
-    assert gen.tokens[0]["crop_visual"] == 6
+    # the 28x28 crop is zoomed to crop_max_pixels (112x112): 16 tokens + <|vision_start|> + <|vision_end|>
+    assert gen.tokens[0]["crop_visual"] == 18
     assert gen.tokens[0]["generated"] == len(script)
     assert gen.tokens[0]["prompt_text"] == 22 and gen.tokens[0]["visual"] == 4
     assert gen.answers == ["red"]
@@ -172,7 +172,7 @@ def test_crop_generation_when_one_row_crops_and_another_has_finished():
     script_outputs(model, [p.im_end_id], crop_script)
     gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=40)
     assert gen.boxes == [[], [[0.0, 0.0, 0.5, 0.5]]]
-    assert [t["crop_visual"] for t in gen.tokens] == [0, 6] and gen.answers[1] == "red"
+    assert [t["crop_visual"] for t in gen.tokens] == [0, 18] and gen.answers[1] == "red"
     assert [t["generated"] for t in gen.tokens] == [1, len(crop_script)]
 
 
@@ -268,3 +268,16 @@ def test_latent_paradigm_is_coconut(records):
     h = torch.randn(2, model.text_config.hidden_size)
     z, weights = model.latent_input(h, ctx=None)
     assert torch.equal(z, h) and weights is None
+
+
+@pytest.mark.parametrize("paradigm", ["text_cot", "crop", "latent"])
+def test_answer_tokens_weigh_the_same_whatever_the_rationale_length(paradigm, records):
+    """Answer and rationale cross-entropies are averaged separately and weighted by the config: a long CoT does not
+    dilute the answer's share of the loss (a mean over all tokens did, by the rationale's length)."""
+    model, cfg = build("tiny-qwen2.5-vl", paradigm)
+    batch = build_batch(examples(records[:2]), model.processor, cfg, stage=0)
+    out = model(batch)
+    assert out.loss.item() == pytest.approx(out.terms["answer_ce"] + out.terms["text_ce"], rel=1e-5)
+    only_answer, _ = build("tiny-qwen2.5-vl", paradigm, "method.text_weight=0", "method.answer_weight=2")
+    only_answer.load_state_dict(model.state_dict())
+    assert only_answer(batch).loss.item() == pytest.approx(2 * out.terms["answer_ce"], rel=1e-5)
