@@ -146,6 +146,22 @@ PRESETS = {
 }
 
 
+# Bundled pretrained backbones: checkpoint folders inside the package, built by jobs/pretrain.py --bundle (their
+# README.md is the model card: command, seed, steps, probe accuracies).
+PRETRAINED = {"tiny-qwen3-vl-pretrained": Path(__file__).parent / "assets" / "tiny-qwen3-vl-pretrained"}
+
+
+def checkpoint_dir(backbone: str) -> Path:
+    """The folder of a bundled pretrained backbone, or model.backbone itself as a path."""
+    if backbone in PRETRAINED:
+        path = PRETRAINED[backbone]
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model.backbone={backbone!r}: the bundled weights are missing from {path}; "
+                                    "rebuild them with `python jobs/pretrain.py --bundle`")
+        return path
+    return Path(backbone)
+
+
 def _image_processor(patch_size: int, cfg: ModelConfig, mean_std) -> Qwen2VLImageProcessorPil:
     kwargs = {}
     if mean_std is not None:
@@ -174,9 +190,9 @@ def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None,
             model = MODEL_CLASSES[config.model_type](config)
         return model.to(dtype), processor
 
-    path = Path(cfg.backbone)
+    path = checkpoint_dir(cfg.backbone)
     if not (path / "config.json").is_file():
-        presets = ", ".join(PRESETS)
+        presets = ", ".join([*PRESETS, *PRETRAINED])
         raise FileNotFoundError(f"model.backbone={cfg.backbone!r} is neither a preset ({presets}) nor a local "
                                 "checkpoint directory with a config.json (nothing is downloaded)")
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)

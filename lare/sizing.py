@@ -74,14 +74,14 @@ def architecture_for(backbone: str) -> str:
 
 def build_meta(cfg: Config):
     """(LaReModel on the meta device, where the architecture came from)."""
-    from lare.backbone import DTYPES, MODEL_CLASSES, PRESETS
+    from lare.backbone import DTYPES, MODEL_CLASSES, PRESETS, checkpoint_dir
     from lare.model import LaReModel
 
     backbone = cfg.model.backbone
     try:
         if backbone in PRESETS:
             return LaReModel.build(cfg, device="meta"), f"preset {backbone}"
-        path = Path(backbone)
+        path = checkpoint_dir(backbone)
         if (path / "config.json").is_file():
             # A real checkpoint: its config only. Loading the weights (16 GB) is what a dry run must not do.
             from transformers import AutoConfig
