@@ -12,6 +12,15 @@ families, each answered in 1-3 steps that point at boxes:
   existence        Is there a red circle in the image? (POPE style: random, popular, adversarial negatives)
   multiple_choice  an attribute or relation question with four options
 
+Benchmark v2 adds two families where looking again matters (families=all has all eight):
+
+  chain            What colour is the object directly left of the object directly above the red object? (2-3 hops
+                   in scenes of 10-16 objects; each next object is found only relative to the last)
+  fine_detail      What shape is the small object in the top-left quarter? (rendered at 448 px with an object of
+                   8-13 px: the base tokens see it downsampled to 4-6 px, a re-encoded crop sees it whole)
+
+and a pretraining family that is never part of "all": grounding (jobs/pretrain.py stage B).
+
 Answers are balanced by construction: the answer is drawn uniformly first and the scene is built
 to make it true, so no question is answerable from its text alone (a test checks that a
 question-only majority baseline stays near chance). Every sample has its own RNG derived from
@@ -41,6 +50,8 @@ COLOURS = {  # saturated or bright, all far from the mid-grey background
 }
 COLOUR_NAMES = tuple(COLOURS)
 FAMILIES = ("attribute", "relation", "counting", "comparison", "existence", "multiple_choice")
+V2_FAMILIES = ("chain", "fine_detail")  # benchmark v2: where looking again matters
+ALL_FAMILIES = FAMILIES + V2_FAMILIES
 POPE_TYPES = ("random", "popular", "adversarial")
 DIRECTIONS = ("right", "left", "above", "below")
 QUARTERS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -77,10 +88,11 @@ def plan(opts: dict, seed: int) -> list[dict]:
 
 
 def families_of(opts: dict) -> tuple:
-    families = FAMILIES if opts["families"] == "all" else tuple(f.strip() for f in opts["families"].split(","))
-    unknown = set(families) - set(FAMILIES)
+    families = ALL_FAMILIES if opts["families"] == "all" else tuple(f.strip() for f in opts["families"].split(","))
+    unknown = set(families) - set(ALL_FAMILIES) - set(PRETRAIN_FAMILIES)
     if unknown or not families:
-        raise ValueError(f"refocus option 'families' has unknown families {sorted(unknown)}; choose from {FAMILIES}")
+        raise ValueError(f"refocus option 'families' has unknown families {sorted(unknown)}; "
+                         f"choose from {ALL_FAMILIES + PRETRAIN_FAMILIES}")
     return families
 
 
@@ -437,6 +449,92 @@ def _and(words):
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+def _where(direction: str) -> str:
+    return {"right": "directly right of", "left": "directly left of", "above": "directly above", "below": "directly below"}[direction]
+
+
+OPPOSITE = {"right": "left", "left": "right", "above": "below", "below": "above"}
+CHAIN_OBJECTS = {False: (10, 16), True: (14, 18)}  # (normal, hard split): busier scenes than the other families
+
+
+def q_chain(sc: Scene):
+    """A chain of 2-3 hops named by colour: What colour is the object directly left of the object directly above
+    the red object? Each next object is the nearest one in its direction's band from the last, so it is found only
+    relative to the last: the reasoning must look again after every hop."""
+    rng = sc.rng
+    sc.cfg = dict(sc.cfg, objects=CHAIN_OBJECTS[sc.hard])
+    hops = 2 + int(rng.random() < 0.5)
+    directions = [DIRECTIONS[rng.integers(4)]]
+    while len(directions) < hops:
+        d = DIRECTIONS[rng.integers(4)]
+        if d != OPPOSITE[directions[-1]]:  # no straight way back
+            directions.append(d)
+    ask = "colour" if sc.colour_only or rng.random() < 0.5 else "shape"
+    a_colour = _pick(rng, COLOUR_NAMES)
+    answer = _pick(rng, COLOUR_NAMES, exclude=(a_colour,)) if ask == "colour" else _pick(rng, SHAPES)
+    chain = [sc.add(_pick(rng, SHAPES), a_colour, sc.draw_size())]
+    hops_done: list[tuple[dict, str, float]] = []  # (from, direction, gap to the next)
+
+    def keeps_hops(b, exclude=()):  # b may not be nearer than a hop's target in that hop's band
+        return not any(_in_band(src["box"], b, d) and _gap(src["box"], b, d) <= g + 2
+                       for src, d, g in hops_done if src not in exclude)
+
+    for i, d in enumerate(directions):
+        cur = chain[-1]
+        last = i == hops - 1
+        colour = answer if (last and ask == "colour") else _pick(rng, COLOUR_NAMES, exclude=(a_colour,))
+        shape = answer if (last and ask == "shape") else _pick(rng, SHAPES)
+        cx, cy = (cur["box"][0] + cur["box"][2]) / 2, (cur["box"][1] + cur["box"][3]) / 2
+        jitter = cur["s"] / 4
+
+        def ok(b, cur=cur, d=d, cx=cx, cy=cy, jitter=jitter):
+            if not (_in_band(cur["box"], b, d) and _gap(cur["box"], b, d) <= 50 * sc.scale):
+                return False
+            centre = (b[1] + b[3]) / 2 if d in ("right", "left") else (b[0] + b[2]) / 2
+            if abs(centre - (cy if d in ("right", "left") else cx)) > jitter:
+                return False
+            g = _gap(cur["box"], b, d)
+            nearer = any(_in_band(cur["box"], o["box"], d) and _gap(cur["box"], o["box"], d) <= g + 2
+                         for o in sc.objects if o is not cur)
+            return not nearer and keeps_hops(b)
+
+        nxt = sc.add(shape, colour, sc.draw_size(), ok=ok)
+        hops_done.append((cur, d, _gap(cur["box"], nxt["box"], d)))
+        chain.append(nxt)
+
+    sc.fill(sc.n_objects(), lambda sh, co, b: co != a_colour and keeps_hops(b))
+    phrase = f"the {a_colour} object"
+    for d in directions:
+        phrase = f"the object {_where(d)} {phrase}"
+    question = f"What {ask} is {phrase}?"
+    describe = lambda o: f"{_a(o['colour'])} {'object' if sc.colour_only else o['shape']}"  # noqa: E731
+    hop_steps = [(f"{_where(d).capitalize()} it: {describe(o)}.", [o]) for d, o in zip(directions, chain[1:])]
+    if hops == 2:
+        steps = [(f"Find the {a_colour} object.", [chain[0]])] + hop_steps
+    else:  # three steps at most: the anchor and the first hop share one
+        steps = [(f"Find the {a_colour} object; {_where(directions[0])} it is {describe(chain[1])}.", chain[:2])] + hop_steps[1:]
+    return question, answer, steps, {"hops": hops, "directions": directions, "asks": ask}
+
+
+FINE_SIZE = (8, 13)  # px at 448: 4-6 px once the image is resized to the 224-px token budget
+
+
+def q_fine_detail(sc: Scene):
+    """Fine detail at 448 px: one small object alone in a quarter, larger ones elsewhere. The base visual tokens see
+    the image downsampled to the model's pixel budget (4-6 px for the small object); a re-encoded crop sees it whole."""
+    rng = sc.rng
+    quarter = QUARTERS[rng.integers(4)]
+    ask = "colour" if sc.colour_only else "shape"
+    shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
+    side = int(rng.integers(FINE_SIZE[0], FINE_SIZE[1] + 1))
+    target = sc.add(shape, colour, side, region=sc.quarter_box(quarter))
+    sc.fill(sc.n_objects(), lambda sh, co, b: sc.quarter_of(b) != quarter)
+    answer = colour if ask == "colour" else shape
+    return (f"What {ask} is the small object in the {quarter} quarter?", answer,
+            [(f"Look closely at the {quarter} quarter: the small object is {colour if ask == 'colour' else _a(shape)}.", [target])],
+            {"asks": ask, "quarter": quarter, "image_size": sc.size})
+
+
 def q_multiple_choice(sc: Scene):
     rng = sc.rng
     base = "attribute" if rng.random() < 0.5 else "relation"
@@ -447,8 +545,38 @@ def q_multiple_choice(sc: Scene):
     return question, answer, steps, dict(meta, base_family=base, choices=[options[i] for i in order])
 
 
-FAMILY_FNS = {"attribute": q_attribute, "relation": q_relation, "counting": q_counting,
-              "comparison": q_comparison, "existence": q_existence, "multiple_choice": q_multiple_choice}
+def q_grounding(sc: Scene):
+    """Paradigm-neutral grounding for pretraining (jobs/pretrain.py stage B), not a benchmark family: name what is
+    in a box, give the box of a named object, or list a quarter's objects with their boxes. Boxes are written as the
+    processor's grounding text on the 0..1000 grid."""
+    from lare.processor import format_box
+
+    rng = sc.rng
+    kind = ("what_is_at", "where_is", "list_quarter")[rng.integers(3)]
+    norm = lambda obj: format_box([v / sc.size for v in tight_box(obj)])  # noqa: E731
+    if kind == "list_quarter":
+        quarter = QUARTERS[rng.integers(4)]
+        sc.fill(sc.n_objects(), lambda *_: True)
+        inside = sorted((o for o in sc.objects if sc.quarter_of(o["box"]) == quarter), key=lambda o: (o["box"][1], o["box"][0]))
+        answer = "; ".join(f"{o['colour']} {o['shape']} {norm(o)}" for o in inside) or "nothing"
+        qbox = [float(v) for v in sc.quarter_box(quarter)]
+        return (f"List the objects in the {quarter} quarter.", answer,
+                [(f"Look at the {quarter} quarter.", qbox)], {"grounding": kind, "quarter": quarter})
+    shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
+    target = sc.add(shape, colour, sc.draw_size())
+    sc.fill(sc.n_objects(), lambda sh, co, b: (sh, co) != (shape, colour))
+    step = [(f"Look at the {colour} {shape}.", [target])]
+    if kind == "where_is":
+        return f"Where is the {colour} {shape}?", norm(target), step, {"grounding": kind}
+    return f"What is at {norm(target)}?", f"{colour} {shape}", step, {"grounding": kind}
+
+
+# Pretraining families: generated like the others, never part of "all" (the benchmark).
+PRETRAIN_FAMILIES = ("grounding",)
+
+FAMILY_FNS = {"grounding": q_grounding, "attribute": q_attribute, "relation": q_relation, "counting": q_counting,
+              "comparison": q_comparison, "existence": q_existence, "multiple_choice": q_multiple_choice,
+              "chain": q_chain, "fine_detail": q_fine_detail}
 
 
 def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families=FAMILIES, colour_only: bool = False,
@@ -462,8 +590,9 @@ def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families
     rng = np.random.default_rng([int(seed), SPLIT_CODES[split], int(index)])
     hard = split == "hard"
     family = families[rng.integers(len(families))]
+    scene_size = 2 * size if family == "fine_detail" else size
     for _ in range(100):
-        sc = Scene(rng, size, hard, colour_only)
+        sc = Scene(rng, scene_size, hard, colour_only)
         try:
             question, answer, steps, meta = FAMILY_FNS[family](sc)
             break
@@ -481,7 +610,7 @@ def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families
         else:
             box = list(where)
         trace_steps.append({"text": text, "bbox_px": box})
-    objects = [[o["shape"], o["colour"]] + [round(v / size, 5) for v in tight_box(o)] for o in sc.objects]
+    objects = [[o["shape"], o["colour"]] + [round(v / scene_size, 5) for v in tight_box(o)] for o in sc.objects]
     meta = dict(meta, family=family, hard=hard, colour_only=colour_only, seed=int(seed), index=int(index), objects=objects)
     image = render(sc) if render_image else None
     return {"question": question, "answer": answer, "choices": choices, "steps": trace_steps, "meta": meta, "image_pil": image}

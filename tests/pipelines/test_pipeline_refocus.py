@@ -193,3 +193,63 @@ def test_bad_options_fail_before_any_work():
     assert refocus.flag(resolve_options("refocus", {"colour_only": "true"}), "colour_only") is True
     sample = refocus.generate("train", 3, families=("counting",))
     assert sample["meta"]["family"] == "counting"
+
+
+def _nearest_in_band(objs, src, d):
+    (sx, sy) = _centre(src)
+    if d in ("right", "left"):
+        band = [o for o in objs if o is not src and o[3] < src[5] and o[5] > src[3] and (_centre(o)[0] > sx) == (d == "right")]
+        return min(band, key=lambda o: abs(_centre(o)[0] - sx))
+    band = [o for o in objs if o is not src and o[2] < src[4] and o[4] > src[2] and (_centre(o)[1] < sy) == (d == "above")]
+    return min(band, key=lambda o: abs(_centre(o)[1] - sy))
+
+
+@pytest.mark.parametrize("colour_only", [False, True], ids=["full", "colour_only"])
+def test_chain_answers_follow_every_hop_from_the_anchor(colour_only):
+    hops = Counter()
+    for s in _samples("train", 150, ("chain",), colour_only) + _samples("hard", 50, ("chain",), colour_only):
+        objs, meta, q = s["meta"]["objects"], s["meta"], s["question"]
+        lo, hi = refocus.CHAIN_OBJECTS[meta["hard"]]
+        assert len(objs) <= hi and len(s["steps"]) == 3 and all(st["bbox_px"] for st in s["steps"])
+        anchor_colour = q.rstrip("?").split(" ")[-2]
+        (cur,) = [o for o in objs if o[1] == anchor_colour]  # the anchor is the only object of its colour
+        for d in meta["directions"]:
+            assert f"directly {d}" in q
+            cur = _nearest_in_band(objs, cur, d)
+        assert s["answer"] == (cur[1] if meta["asks"] == "colour" else cur[0]), (q, s["answer"], cur)
+        assert q.count("the object directly") == meta["hops"]
+        hops[meta["hops"]] += 1
+    assert set(hops) == {2, 3} and min(hops.values()) > 50
+
+
+def test_fine_detail_is_a_small_object_alone_in_its_quarter_of_a_448px_image():
+    sizes = []
+    for s in _samples("train", 200, ("fine_detail",)):
+        meta, objs = s["meta"], s["meta"]["objects"]
+        assert meta["image_size"] == 448
+        inside = QUARTER_TEST[meta["quarter"]]
+        (target,) = [o for o in objs if inside(*_centre(o))]
+        assert s["answer"] == target[0] and _size(target) <= 13 / 448 + 1e-4
+        others = [o for o in objs if o is not target]
+        assert min(_size(o) for o in others) > 1.4 * _size(target)
+        sizes.append(_size(target))
+    assert refocus.generate("train", 0, families=("fine_detail",))["image_pil"].size == (448, 448)
+
+
+def test_v2_question_only_baseline_stays_near_chance():
+    train, test = _samples("train", 1500, refocus.V2_FAMILIES), _samples("test", 600, refocus.V2_FAMILIES)
+    by_question = defaultdict(Counter)
+    for s in train:
+        by_question[(s["meta"]["family"], s["question"])][s["answer"]] += 1
+    by_family = defaultdict(Counter)
+    for s in train:
+        by_family[(s["meta"]["family"], s["meta"]["asks"])][s["answer"]] += 1
+    hits, total = Counter(), Counter()
+    for s in test:
+        key = (s["meta"]["family"], s["meta"]["asks"])
+        guess = (by_question.get((s["meta"]["family"], s["question"])) or by_family[key]).most_common(1)[0][0]
+        hits[key] += guess == s["answer"]
+        total[key] += 1
+    for key, n in total.items():
+        chance = 1 / 7 if key[1] == "colour" else 1 / 6
+        assert hits[key] / n < chance + 0.08, (key, hits[key] / n)
