@@ -1,6 +1,6 @@
-"""A reduced run of bench/paradigms.py: two paradigms, one seed, a handful of rows. It checks the
-comparison's plumbing (training through the job, evaluation on test and hard, the ablations, the JSON keys),
-not the accuracies, which need the full run."""
+"""A reduced run of bench/paradigms.py: two variants, one seed, a handful of rows, as the Tune grid it is. It checks
+the comparison's plumbing (training through the job, evaluation on test and hard, the eval-time ablations, the
+intervals and paired differences, the JSON keys, resuming), not the accuracies, which need the full run."""
 
 import json
 import sys
@@ -21,24 +21,37 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     traces = tmp_path / "traces"
     build_traces("refocus", str(traces), options={"num_train": 16, "num_val": 4, "num_test": 6, "num_hard": 6})
     out = tmp_path / "paradigms.json"
-    result = paradigms.main(["--seeds", "1", "--rows", "16", "--epochs-per-stage", "1", "--eval-limit", "6",
-                             "--variants", "crop", "lare", "--traces", str(traces), "--out", str(out),
-                             "train.start_stage=3", "train.batch_size=8", "data.num_val_samples=4"])
-    assert json.loads(out.read_text())["table"].keys() == result["table"].keys()
-    table = result["table"]
-    assert {"crop", "lare", "lare[zero_latents]", "lare[uniform_refocus]"} <= set(table)
+    args = ["--seeds", "1", "--rows", "16", "--epochs-per-stage", "1", "--eval-limit", "6", "--bootstrap", "200",
+            "--variants", "crop", "lare", "--traces", str(traces), "--out", str(out), "--storage", str(tmp_path / "runs"),
+            "model.backbone=tiny-qwen3-vl", "train.start_stage=3", "train.batch_size=8",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    result = paradigms.main(args)
+    assert json.loads(out.read_text())["analysis"]["table"].keys() == result["analysis"]["table"].keys()
+    table = result["analysis"]["table"]
+    assert {"crop", "lare", "lare[zero_latents]", "lare[shuffle_refocus]", "lare[uniform_refocus]"} == set(table)
+    assert result["analysis"]["rows_evaluated"] == 12 and not result["failed_trials"]
     for row in table.values():
-        assert 0 <= row["test_acc"] <= 100 and 0 <= row["hard_acc"] <= 100 and row["steps"] == 2
-    # token accounting drives the headline ratio: lare spends latent positions, crop re-encodes regions
-    assert result["lare_tokens_over_crop"] == pytest.approx(table["lare"]["tokens_total"] / table["crop"]["tokens_total"])
-    assert "lare_acc_minus_best_baseline" in result
+        ov = row["overall"]
+        assert 0 <= ov["lo"] <= ov["acc"] <= ov["hi"] <= 100 and ov["rows"] == 12
+        assert {"split:test", "split:hard"} <= set(row)
+    pair = result["analysis"]["paired"]["lare - crop"]["overall"]
+    assert pair["diff"] == pytest.approx(table["lare"]["overall"]["acc"] - table["crop"]["overall"]["acc"])
+    head = result["headline"]
+    # inference tokens: lare spends latent positions, crop re-encodes regions (both generate the answer)
+    assert head["lare_tokens_over_crop"] == pytest.approx(table["lare"]["tokens_inference"] / table["crop"]["tokens_inference"])
+    assert head["lare_total_tokens_over_crop"] == pytest.approx(table["lare"]["tokens_total"] / table["crop"]["tokens_total"])
+    assert "lare_acc_minus_best_baseline" in head and "overall" in result["baselines_by_family"]
 
-    # An interrupted comparison resumes: finished runs are read back, not trained again.
-    assert not out.with_suffix(".partial.json").exists()
-    args = ["--seeds", "1", "--rows", "16", "--epochs-per-stage", "1", "--eval-limit", "6", "--traces", str(traces),
-            "--out", str(out), "train.start_stage=3", "train.batch_size=8", "data.num_val_samples=4"]
-    settings = {"config": str(ROOT / "configs" / "tiny.yaml"), "rows": 16, "epochs_per_stage": 1, "eval_limit": 6,
-                "overrides": args[-3:]}
-    out.with_suffix(".partial.json").write_text(json.dumps({"settings": settings, "runs": {"crop/s0": result["runs"]["crop"][0]}}))
-    resumed = paradigms.main([*args, "--variants", "crop"])
-    assert resumed["runs"]["crop"] == result["runs"]["crop"] and resumed["runs_wall_s"] == result["runs"]["crop"][0]["wall_s"]
+    # The evaluation is logged to each trial's MLflow child run, under one parent.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("paradigms")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 2 and all("eval/test_acc" in r.data.metrics for r in children)
+
+    # The same name resumes: finished trials are read back, not trained again.
+    again = paradigms.main(args)
+    assert {(t["variant"], t["seed"], t["steps"]) for t in again["trials"]} == {(t["variant"], t["seed"], t["steps"]) for t in result["trials"]}
+    assert again["analysis"]["table"]["lare"]["overall"] == table["lare"]["overall"]
