@@ -81,6 +81,7 @@ class DataConfig:
     mixture: dict = opt({}, "Training mixture: traces folder or URI -> sampling weight (e.g. Visual-CoT + GQA); empty = traces_dir alone.")
     num_train_samples: int = opt(0, "Use at most this many training rows (0 = all).")
     num_val_samples: int = opt(64, "Validation rows evaluated at each validation (0 = all).")
+    max_text_chars: int = opt(4000, "Longest question, answer, choice or step text (characters) a trace build keeps; longer is a text_too_long reject.")
 
 
 @dataclass

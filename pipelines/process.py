@@ -12,11 +12,12 @@ import hashlib
 import json
 
 import pyarrow as pa
+from PIL import Image
 
 from pipelines import images
 from pipelines.schema import SCHEMA_VERSION, TRACE_SCHEMA
 from pipelines.sources import get_source
-from pipelines.validate import Reject, validate_trace
+from pipelines.validate import MAX_TEXT_CHARS, Reject, validate_trace
 
 RAW_SCHEMA = pa.schema(
     [
@@ -69,41 +70,59 @@ def normalise_box(step: dict, frame_w: float, frame_h: float, idx: int) -> list[
     return [min(1.0, max(0.0, v)) if -t <= v <= 1 + t else v for v, t in zip(out, tol)]
 
 
-def finish(draft: dict, *, source: str, source_id: str, split: str, opts: dict) -> dict:
-    """A source's draft (question, answer, steps with pixel or normalised boxes, an image in some form)
-    -> a validated trace row. Raises Reject."""
+def load_image(draft: dict, opts: dict) -> tuple[Image.Image, list[str], str | None]:
+    """The draft's image as displayed (RGB), the decoding notes, and the checked path of its file (or None).
+
+    A path is always checked against the draft's image_root before the file is opened; readers that
+    take paths set both (image_root "" when their format has none)."""
     min_side, max_pixels = opts["min_side"], opts["max_pixels"]
     if draft.get("image_pil") is not None:  # generated images skip decoding
         im = draft["image_pil"]
         images.check_size(*im.size, min_side=min_side)
+        return im, [], None
+    path = None
+    if draft.get("image_bytes") is not None:
+        data, what = draft["image_bytes"], "embedded image"
+    elif draft.get("image_path"):
+        path = images.path_in_root(draft["image_root"], draft["image_path"])
+        data, what = images.read_bytes(path), f"image {path}"
     else:
-        if draft.get("image_bytes") is not None:
-            data, what = draft["image_bytes"], "embedded image"
-        elif draft.get("image_path"):
-            data, what = images.read_bytes(draft["image_path"]), f"image {draft['image_path']}"
-        else:
-            raise Reject("missing_field", "field 'image' is missing (no bytes and no path)")
-        im = images.decode(data, max_pixels=max_pixels, min_side=min_side, what=what)
+        raise Reject("missing_field", "field 'image' is missing (no bytes and no path)")
+    im, notes = images.decode_displayed(data, max_pixels=max_pixels, min_side=min_side, what=what)
+    return im, notes, path
 
+
+def finish(draft: dict, *, source: str, source_id: str, split: str, opts: dict) -> dict:
+    """A source's draft (question, answer, steps with pixel or normalised boxes, an image in some form)
+    -> a validated trace row. Raises Reject.
+
+    Pixel boxes are in the displayed frame (EXIF orientation applied), which is also the stored one."""
+    im, notes, path = load_image(draft, opts)
     orig_w, orig_h = im.size
     frame_w, frame_h = draft.get("box_frame") or (orig_w, orig_h)
     if draft.get("box_frame") and abs(frame_w / frame_h - orig_w / orig_h) > 0.02 * (orig_w / orig_h):
         raise Reject("image_size_mismatch", f"annotation says {frame_w}x{frame_h} but the image is {orig_w}x{orig_h}")
     steps = [{"text": s.get("text"), "bbox": normalise_box(s, frame_w, frame_h, i)} for i, s in enumerate(draft.get("steps") or [])]
 
-    if opts["embed_images"] or not draft.get("image_path"):
+    meta = dict(draft.get("meta") or {})
+    # image_uri hands the original file to the consumer, which decodes it plainly: when that would show
+    # another image (rotated, clipped to white, black behind transparency), store the pixels instead.
+    if opts["embed_images"] or path is None or notes:
+        if path is not None and not opts["embed_images"]:
+            meta["image_embedded_because"] = notes
         im = images.fit(im, opts["max_side"])
         image, image_uri = images.encode_png(im, opts["png_compress_level"]), None
     else:
-        image, image_uri = None, draft["image_path"]
+        image, image_uri = None, path
     rec = {
         "id": stable_id(source, source_id), "source": source, "split": split,
         "image": image, "image_uri": image_uri, "width": im.size[0], "height": im.size[1],
         "question": draft.get("question"), "choices": draft.get("choices", []), "answer": draft.get("answer"),
-        "steps": steps, "meta": json.dumps(draft.get("meta") or {}, sort_keys=True, ensure_ascii=False),
+        "steps": steps, "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
         "schema_version": SCHEMA_VERSION,
     }
-    problem = validate_trace(rec, min_side=min_side)
+    # refocus (generated, short texts) has no max_text_chars option: it gets the default limit.
+    problem = validate_trace(rec, min_side=opts["min_side"], max_text_chars=opts.get("max_text_chars", MAX_TEXT_CHARS))
     if problem:
         raise Reject(*problem)
     return rec

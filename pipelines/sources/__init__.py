@@ -7,7 +7,9 @@ A reader module provides
   units(opts) -> list           (file readers) work units, each expanded in a Ray task by
   read_unit(unit, opts, ids_only) -> list   raw rows {source_id, split, raw, blob}
   convert(raw, blob, opts, seed) -> dict    a draft: question, answer, choices, steps, meta and the image
-                                            (image_pil, image_bytes or image_path); raises validate.Reject
+                                            (image_pil, image_bytes, or image_path with its image_root: the
+                                            record's path as given, checked and joined by pipelines.process,
+                                            so no file outside the root is ever opened); raises validate.Reject
 """
 
 import importlib

@@ -15,13 +15,14 @@ import os
 import numpy as np
 
 from pipelines import images
-from pipelines.validate import Reject
+from pipelines.validate import MAX_TEXT_CHARS, Reject
 
 NOTE = "PyPI package `easy-vqa` (MIT): installed with the project, read from its data/ folder; no download."
 
 DEFAULTS = {
     "root": None,  # folder holding <split>/questions.json and <split>/images/; default: the installed easy_vqa package's data
     "splits": "train,test",
+    "max_text_chars": MAX_TEXT_CHARS,  # longer question or answer texts are rejected (text_too_long)
 }
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
@@ -88,7 +89,7 @@ def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
     if not isinstance(image_id, int):
         raise Reject("bad_field", f"field 'image_id' must be an integer, got {image_id!r}")
     root = opts["root"] or default_root()
-    path = os.path.join(root, raw["split"], "images", f"{image_id}.png")
+    path = images.path_in_root(root, os.path.join(raw["split"], "images", f"{image_id}.png"))  # decoded here, not in finish
     im, found = _image_and_shape(path, opts["max_pixels"], opts["min_side"])
     if found is None:
         raise Reject("region_not_found", f"no shape found on the flat background of {path}")

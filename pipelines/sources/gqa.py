@@ -12,10 +12,9 @@ a `select` whose object is absent from the image ("(-)") becomes a step with no 
 """
 
 import json
-import os
 import re
 
-from pipelines.validate import Reject
+from pipelines.validate import MAX_TEXT_CHARS, Reject
 
 NOTE = "GQA (Stanford NLP): balanced questions JSON, scene graphs JSON and images, downloaded by you."
 
@@ -24,6 +23,7 @@ DEFAULTS = {
     "scene_graphs": None,  # <split>_sceneGraphs.json (required)
     "image_root": None,  # folder with <imageId>.jpg (required)
     "split": "train",
+    "max_text_chars": MAX_TEXT_CHARS,  # longer question or answer texts are rejected (text_too_long)
 }
 
 OBJECT_IDS = re.compile(r"\(([^()]*)\)\s*$")
@@ -97,7 +97,7 @@ def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
         raise Reject("empty_field", "the program refers to no objects")
     width, height = graph.get("width"), graph.get("height")
     return {"question": q.get("question"), "answer": q.get("answer"), "choices": [], "steps": steps,
-            "image_path": os.path.join(opts["image_root"], f"{q.get('imageId')}.jpg"),
+            "image_path": f"{q.get('imageId')}.jpg", "image_root": opts["image_root"],
             "box_frame": (float(width), float(height)) if width and height else None,
             "meta": {"image_id": str(q.get("imageId")), "full_answer": q.get("fullAnswer"),
                      "types": q.get("types"), "program": [op.get("operation") for op in program]}}

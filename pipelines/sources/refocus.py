@@ -579,7 +579,7 @@ FAMILY_FNS = {"grounding": q_grounding, "attribute": q_attribute, "relation": q_
               "chain": q_chain, "fine_detail": q_fine_detail}
 
 
-def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families=FAMILIES, colour_only: bool = False,
+def generate(split: str, index: int, *, seed: int = 0, size: int = 224, families=ALL_FAMILIES, colour_only: bool = False,
              render_image: bool = True) -> dict:
     """One sample as a draft trace: deterministic in (seed, split, index).
 

@@ -23,10 +23,9 @@ Visual-CoT's own `split` is kept in meta; the trace split is the `split` option.
 """
 
 import json
-import os
 import re
 
-from pipelines.validate import Reject
+from pipelines.validate import MAX_TEXT_CHARS, Reject
 
 NOTE = "Hugging Face dataset deepcs233/Visual-CoT: viscot_363k.json (or its per-dataset JSONL) + source images, downloaded by you."
 
@@ -34,6 +33,7 @@ DEFAULTS = {
     "path": None,  # viscot_363k.json (JSON list) or a per-dataset .jsonl (required)
     "image_root": None,  # folder the records' image paths are relative to (required)
     "split": "train",  # trace split for every record
+    "max_text_chars": MAX_TEXT_CHARS,  # longer question, answer or step texts are rejected (text_too_long)
 }
 
 BOX_REQUEST = re.compile(r"\s*Please provide the bounding box coordinate of the region.*$", re.S)
@@ -110,5 +110,5 @@ def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
              for k, box in enumerate(boxes)]
     frame = (float(raw["width"]), float(raw["height"])) if raw.get("width") and raw.get("height") else None
     return {"question": question, "answer": answer, "choices": [], "steps": steps,
-            "image_path": os.path.join(opts["image_root"], path), "box_frame": frame,
+            "image_path": path, "image_root": opts["image_root"], "box_frame": frame,
             "meta": {"question_id": raw.get("question_id"), "dataset": raw.get("dataset"), "source_split": raw.get("split")}}

@@ -15,11 +15,10 @@ with bbox = null: it is not rejected.
 """
 
 import json
-import os
 import re
 from collections import defaultdict
 
-from pipelines.validate import Reject
+from pipelines.validate import MAX_TEXT_CHARS, Reject
 
 NOTE = "VQAv2 (visualqa.org) questions + annotations and COCO 2014 instances + images, downloaded by you."
 
@@ -30,6 +29,7 @@ DEFAULTS = {
     "image_root": None,  # folder with the COCO images named by file_name (required)
     "split": "train",
     "max_steps": 3,
+    "max_text_chars": MAX_TEXT_CHARS,  # longer question or answer texts are rejected (text_too_long)
 }
 
 # Words a question uses for a COCO category besides the name and its plural.
@@ -97,7 +97,7 @@ def convert(raw: dict, blob, opts: dict, seed: int) -> dict:
     if not steps:
         steps = [{"text": "Look at the whole image.", "bbox_px": None}]
     return {"question": question, "answer": raw["answer"], "choices": [], "steps": steps,
-            "image_path": os.path.join(opts["image_root"], im["file_name"]),
+            "image_path": im["file_name"], "image_root": opts["image_root"],
             "box_frame": (float(im["width"]), float(im["height"])) if im.get("width") and im.get("height") else None,
             "meta": {"question_id": q.get("question_id"), "image_id": q.get("image_id"), "answer_type": raw.get("answer_type"),
                      "matched_categories": [c for _, c in mentioned]}}

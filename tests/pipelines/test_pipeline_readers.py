@@ -34,7 +34,7 @@ EXPECTED = {
     "visual_cot_metadata": ({"train": 1}, {"flickr30k/1": "image_size_mismatch", "flickr30k/2": "empty_field"}),
     "gqa": ({"train": 2}, {"05451386": "missing_field", "05451387": "empty_field"}),
     "vqav2": ({"val": 3}, {"73001": "missing_field"}),
-    "jsonl": ({"train": 2, "val": 1}, {"data.jsonl:3": "bad_field", "q3": "answer_not_in_choices", "q4": "missing_field"}),
+    "jsonl": ({"train": 3, "val": 1}, {"data.jsonl:3": "bad_field", "q3": "answer_not_in_choices"}),  # q4 has no steps: kept
     "parquet": ({"train": 1, "test": 1}, {"p3": "corrupt_image", "p1": "duplicate_id"}),
     "easy_vqa": ({"train": 61, "test": 27}, {"train-61": "corrupt_image", "train-62": "bad_field", "train-63": "empty_field"}),
 }

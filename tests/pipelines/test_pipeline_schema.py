@@ -36,7 +36,7 @@ def good():
     ({"answer": "  "}, "empty_field", "answer"),
     ({"image": None}, "missing_field", "image"),
     ({"width": 20}, "image_too_small", "20x48"),
-    ({"steps": []}, "empty_field", "steps"),
+    ({"steps": None}, "missing_field", "steps"),
     ({"steps": [{"text": "", "bbox": None}]}, "empty_field", "steps[0].text"),
     ({"steps": [{"text": "x", "bbox": [0.1, 0.2, 1.2, 0.6]}]}, "bbox_out_of_range", "steps[0].bbox"),
     ({"steps": [{"text": "x", "bbox": [-0.1, 0.2, 0.5, 0.6]}]}, "bbox_out_of_range", "steps[0].bbox"),
