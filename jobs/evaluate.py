@@ -19,6 +19,9 @@ predictions.jsonl (one line per item, model and ablation), accuracy_vs_tokens.pn
 step's refocus over the image, and the decoded regions when the model has a pixel decoder). All of it is logged
 to MLflow: into --mlflow-run-id when given; else, when the models came from one runs:/<id>, into a new
 evaluation run nested under <id>; else into a new run of experiment `lare-eval`.
+
+Exit status: 0 on success; 2 on a user error (unknown option or benchmark, missing model or data, unreachable
+tracking server), one line on stderr (its traceback too with --debug or LARE_DEBUG=1); 1 on a bug.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+from lare.cli import UserError, add_debug_flag, main_guard, run_cli  # noqa: E402
 from lare.config import PARADIGMS  # noqa: E402
 from lare.eval.readers import BENCHMARKS  # noqa: E402
 from lare.model.lare import ABLATIONS  # noqa: E402
@@ -83,6 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-ray", action="store_true", help="run inference in this process instead of a Ray Data actor pool")
     ap.add_argument("--skip-missing", action="store_true", help="skip benchmarks without files instead of failing")
     ap.add_argument("--tracking-timeout", type=float, default=10.0, help="seconds to wait for the tracking server")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     args.model = _csv(args.model)
     args.benchmarks = _csv([args.benchmarks])
@@ -102,22 +107,49 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_local_inputs(args) -> None:
+    """The local paths of the request, checked before Ray starts (a typo fails in a second, not after a cluster
+    start): --data-root, and each model directory that is not a URI."""
+    from lare.eval.inference import read_model_config
+
+    if not Path(args.data_root).expanduser().exists():
+        raise UserError(f"--data-root {args.data_root} does not exist (the folder holding the benchmark files, "
+                        "docs/benchmarks.md)")
+    for spec in args.model:
+        if "://" not in spec and not spec.startswith(("runs:/", "models:/")):
+            read_model_config(spec)  # ModelNotFound names what is missing
+
+
+# The evaluation's own exceptions for a request it cannot serve: user errors (see lare.cli), never bugs.
+def _user_errors() -> tuple[type[Exception], ...]:
+    from lare.eval.readers import BenchmarkFileError, MissingBenchmarkFiles
+    from lare.eval.run import EvalError, ModelNotFound
+    from lare.train.tracking import TrackingUnavailable
+
+    return ModelNotFound, MissingBenchmarkFiles, BenchmarkFileError, EvalError, TrackingUnavailable
+
+
+@main_guard
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from lare.eval.readers import BenchmarkFileError, MissingBenchmarkFiles
-    from lare.eval.run import EvalError, ModelNotFound, evaluate
-    from lare.storage import redact
-    from lare.train.tracking import TrackingUnavailable, check_reachable, quick_client_env
+    try:
+        return run(args)
+    except _user_errors() as e:
+        raise UserError(str(e)) from e
 
+
+def run(args) -> dict:
+    from lare.eval.run import evaluate
+    from lare.storage import redact
+    from lare.train.tracking import check_reachable, quick_client_env
+
+    check_local_inputs(args)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     needs_mlflow = not args.no_tracking or any(m.startswith(("runs:/", "models:/")) for m in args.model)
-    try:
-        if needs_mlflow:
-            quick_client_env()
-            check_reachable(uri, args.tracking_timeout)  # fail in seconds, before models load or Ray starts
-    except TrackingUnavailable as e:
-        raise SystemExit(f"error: {e}") from None
+    if needs_mlflow:
+        quick_client_env()
+        check_reachable(uri, args.tracking_timeout)  # fail in seconds, before models load or Ray starts
     out = Path(args.out or ROOT / "outputs" / "eval" / time.strftime("%Y%m%d-%H%M%S"))
 
     started_here = False
@@ -138,8 +170,6 @@ def main(argv=None) -> dict:
             ablations=args.ablation, max_new_tokens=args.max_new_tokens, heatmaps=args.heatmaps,
             use_ray=not args.no_ray, tracking_uri=uri, track=not args.no_tracking,
             mlflow_run_id=args.mlflow_run_id, skip_missing=args.skip_missing)
-    except (ModelNotFound, MissingBenchmarkFiles, BenchmarkFileError, EvalError) as e:
-        raise SystemExit(f"error: {e}") from None
     finally:
         if started_here:
             import ray
@@ -154,4 +184,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

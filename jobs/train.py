@@ -1,11 +1,16 @@
 """Train a LaRe (or baseline) model with Ray Train: `python jobs/train.py [--config FILE] [key=value ...]`.
 
 With no arguments it trains the bundled default: the tiny Qwen2.5-VL preset in `lare` mode on the refocus
-traces (built first when missing). It connects to the Ray cluster in $RAY_ADDRESS, else starts a local Ray
-bound to 127.0.0.1; so it runs unchanged as `ray job submit --working-dir . -- python jobs/train.py`.
+traces. A missing traces folder is built first only when it is the default data.traces_dir, or the folder the
+--config file names for the refocus source together with data.source_options, or with --build-data: a mistyped
+data.traces_dir is an error, not a new data set. It connects to the Ray cluster in $RAY_ADDRESS, else starts a
+local Ray bound to 127.0.0.1; so it runs unchanged as `ray job submit --working-dir . -- python jobs/train.py`.
 
 Re-running an experiment name resumes from its latest checkpoint; `--resume-from URI` warm-starts from
 another run's checkpoint. At the end the model is exported, HF-style, to STORAGE/EXPERIMENT/export.
+
+Exit status: 0 on success; 2 on a user error (bad key=value or config key, missing path, unreachable tracking
+server), one line on stderr (its traceback too with --debug or LARE_DEBUG=1); 1 on a failed dry run or a bug.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from lare.config import ConfigError, describe, load_config  # noqa: E402
-from lare.storage import redact  # noqa: E402
+from lare.cli import UserError, add_debug_flag, main_guard, run_cli  # noqa: E402
+from lare.config import Config, describe, load_config  # noqa: E402
+from lare.storage import is_remote, redact  # noqa: E402
 
 log = logging.getLogger("lare.train")
 
@@ -39,16 +45,70 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-validate", action="store_true", help="skip validation on the val split")
     ap.add_argument("--inject-failure-at-step", type=int, default=None,
                     help="fault-tolerance drill: the last worker exits once at this step (the run must recover)")
+    ap.add_argument("--build-data", action="store_true",
+                    help="build the refocus traces into data.traces_dir when it does not exist, whatever the path")
+    add_debug_flag(ap)
     return ap.parse_args(argv)
 
 
+def option_text(value) -> str:
+    """A source option as jobs/build_data.py reads it back (text verbatim, the rest as YAML/JSON)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def build_command(cfg: Config) -> str:
+    """The jobs/build_data.py command that builds what cfg.data describes (the refocus options are how the job
+    itself would build them)."""
+    import shlex
+
+    d = cfg.data
+    words = ["python", "jobs/build_data.py", "--source", d.source, "--out", redact(d.traces_dir)]
+    if d.source == "refocus":
+        words += ["--seed", str(cfg.train.seed)] if cfg.train.seed else []
+        words += [f"{k}={option_text(v)}" for k, v in d.source_options.items()]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def bundled_traces_dirs(config_path: str | None) -> set[str]:
+    """Where a missing refocus traces folder may be built without --build-data: the default data.traces_dir, and
+    the folder the config file itself names for the refocus source with source_options (it says how to build it)."""
+    import yaml
+
+    dirs = {Config().with_absolute_paths().data.traces_dir}
+    # The file's own data section, before overrides: an override of data.traces_dir is what may be mistyped.
+    data = ((yaml.safe_load(Path(config_path).read_text()) or {}).get("data") or {}) if config_path else {}
+    if data.get("source", "refocus") == "refocus" and data.get("source_options") and data.get("traces_dir"):
+        named = Config.from_dict({"data": {"traces_dir": str(data["traces_dir"])}}).with_absolute_paths()
+        dirs.add(named.data.traces_dir)
+    return dirs
+
+
+def check_traces(cfg: Config, config_path: str | None, build_data: bool) -> None:
+    """Refuse, before Ray starts, a local traces folder that does not hold a build and that the job would not build:
+    a typo in data.traces_dir must not train on freshly generated data."""
+    d = cfg.data
+    if is_remote(d.traces_dir) or (Path(d.traces_dir) / "manifest.json").is_file():
+        return  # remote traces: checked where they are read
+    buildable = d.source == "refocus" and not d.mixture  # what lare.train.launch.ensure_traces can build
+    if buildable and (build_data or d.traces_dir in bundled_traces_dirs(config_path)):
+        return
+    state = "holds no traces (no manifest.json)" if Path(d.traces_dir).exists() else "does not exist"
+    fix = f"build it with: {build_command(cfg)}"
+    if buildable:
+        fix += " (or add --build-data to let this job build it)"
+    raise UserError(f"data.traces_dir {d.traces_dir} {state}; {fix}")
+
+
+def check_resume_from(resume_from: str | None) -> None:
+    if resume_from and not is_remote(resume_from) and not Path(resume_from).exists():
+        raise UserError(f"--resume-from {resume_from}: no such checkpoint directory")
+
+
+@main_guard
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides).with_absolute_paths()
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    cfg = load_config(args.config, args.overrides).with_absolute_paths()  # ConfigError: a user error (lare.cli)
     if args.dry_run:
         from lare.sizing import dry_run, format_report
 
@@ -58,11 +118,16 @@ def main(argv=None) -> dict:
             raise SystemExit(1)
         return report
 
-    from lare.train.tracking import check_reachable, open_run, resolve_uri
+    check_resume_from(args.resume_from)
+    check_traces(cfg, args.config, args.build_data)
+    from lare.train.tracking import TrackingUnavailable, check_reachable, open_run, resolve_uri
 
     uri = resolve_uri(cfg) if cfg.tracking.enabled else ""
     if uri:
-        check_reachable(uri, cfg.tracking.timeout_s)  # fail in seconds, before Ray starts
+        try:
+            check_reachable(uri, cfg.tracking.timeout_s)  # fail in seconds, before Ray starts
+        except TrackingUnavailable as e:
+            raise UserError(str(e)) from e
 
     import ray
 
@@ -100,4 +165,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

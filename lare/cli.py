@@ -1,0 +1,95 @@
+"""The jobs' command-line contract: a user error is one clear line on stderr and exit status 2; a bug keeps its
+traceback (and Python's exit status 1).
+
+    from lare.cli import UserError, add_debug_flag, main_guard, run_cli
+
+    @main_guard
+    def main(argv=None): ...
+
+    if __name__ == "__main__":
+        run_cli(main)
+
+A user error says the *input* is wrong: a path that does not exist, an unknown option or config key, a non-empty
+output folder, an unreachable tracking server. Code that finds one raises UserError, or maps a library's own
+exception to it where the value came from the user; the config's ConfigError counts as one too (every value it
+names came from a config file or an override). So does SystemExit with a message: the older way this project
+reported such errors (lare.train.launch). Every other exception is a bug or a failure of the environment and is
+left alone, traceback included: turning those into tidy messages would hide what needs fixing.
+
+`--debug` on the command line (or LARE_DEBUG=1) prints the traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from typing import Callable, NoReturn
+
+from lare.config import ConfigError
+
+EXIT_USER_ERROR = 2  # what argparse uses for a bad command line: all user errors read the same to a script
+
+
+class UserError(Exception):
+    """The user's input is wrong; the message names the bad value and, where it can, what to do instead."""
+
+
+class UserExit(SystemExit):
+    """How a guarded main stops on a user error (the message is already on stderr): exit status 2, and str() is
+    the message, so a caller that runs main() in-process still sees what went wrong."""
+
+    def __init__(self, message: str):
+        super().__init__(EXIT_USER_ERROR)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    """--debug among the arguments (looked up directly: the error may come before or from argparse), or LARE_DEBUG."""
+    args = sys.argv[1:] if argv is None else argv
+    return "--debug" in args or os.environ.get("LARE_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
+def add_debug_flag(parser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="on a user error, print the traceback too (same as LARE_DEBUG=1); exit status stays 2")
+
+
+def user_message(error: BaseException) -> str | None:
+    """The message to show when `error` is a user error, else None (a bug: let it propagate)."""
+    if isinstance(error, UserExit):  # already reported by an inner guard
+        return None
+    if isinstance(error, (UserError, ConfigError)):
+        return str(error)
+    if isinstance(error, SystemExit) and isinstance(error.code, str):
+        return error.code.removeprefix("error: ")
+    return None
+
+
+def main_guard(main: Callable) -> Callable:
+    """Wrap a job's main(argv): user errors become `error: <message>` on stderr and UserExit (status 2)."""
+
+    @functools.wraps(main)
+    def guarded(argv: list[str] | None = None):
+        try:
+            return main(argv)
+        except (UserError, ConfigError, SystemExit) as error:
+            message = user_message(error)
+            if message is None:
+                raise
+            if debug_enabled(argv):
+                traceback.print_exception(error)
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise UserExit(message) from None
+
+    return guarded
+
+
+def run_cli(main: Callable, argv: list[str] | None = None) -> NoReturn:
+    """What a job's `if __name__ == "__main__"` calls: main's int result is the exit status, anything else is 0."""
+    result = main_guard(main)(argv)
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
