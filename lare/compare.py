@@ -1,0 +1,295 @@
+"""The paradigm comparison: every variant trained from the same backbone on the same rows with the same budget, as
+one Ray Tune grid (variant x seed, a few trials at a time; an MLflow parent run with a child per trial; the same name
+resumes), each trial evaluating its export on the held-out splits; then intervals and paired differences.
+
+Used by bench/paradigms.py (the full comparison) and jobs/demo.py (a small one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASELINES = ("direct", "text_cot", "crop", "latent")
+# name -> (paradigm, config overrides)
+VARIANTS = {
+    "direct": ("direct", []),
+    "text_cot": ("text_cot", []),
+    "crop": ("crop", []),
+    "latent": ("latent", ["method.recon_weight=0"]),
+    "lare": ("lare", []),
+    "lare_no_refocus": ("latent", []),
+    "lare_no_recon": ("lare", ["method.recon_weight=0"]),
+    "lare_no_focus": ("lare", ["method.focus_weight=0"]),
+}
+EVAL_ABLATIONS = {"lare": ["none", "zero_latents", "shuffle_refocus", "uniform_refocus"]}
+SPLITS = ("test", "hard")
+
+
+@dataclass
+class Comparison:
+    """What to compare and how; bench/paradigms.py fills it from its command line."""
+
+    config: Path
+    name: str = "paradigms"
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    seeds: int = 3
+    rows: int = 0                  # training rows per run (0 = the config's data.num_train_samples)
+    epochs_per_stage: int = 0      # 0 = the config's
+    eval_limit: int = 0            # rows per split evaluated (0 = all)
+    eval_batch: int = 32
+    max_concurrent: int = 2
+    traces: str = ""               # default: the config's data.traces_dir, built if missing
+    storage: str = "runs"
+    bootstrap: int = 2000
+    overrides: list[str] = field(default_factory=list)
+
+
+def run_overrides(args, traces: str) -> list[str]:
+    extra = [f"data.traces_dir={traces}"]
+    if args.traces:  # traces built elsewhere: the config's build options do not describe them
+        extra.append("data.source_options={}")
+    if args.rows:
+        extra.append(f"data.num_train_samples={args.rows}")
+    if args.epochs_per_stage:
+        extra.append(f"train.epochs_per_stage={args.epochs_per_stage}")
+    return [*extra, *args.overrides]
+
+
+def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str, dataset, num_rows: int, manifest: dict,
+               traces: str):
+    """The Tune trainable: train one (variant, seed) with the training job's trainer, evaluate its export, report."""
+    config_path, driver_cwd = str(args.config.resolve()), os.getcwd()
+
+    def trial(params: dict) -> None:
+        import torch
+        from ray import tune
+
+        from lare.config import load_config
+        from lare.eval.run import evaluate_model
+        from lare.train.launch import make_trainer, storage
+        from lare.train.tracking import RunLogger, open_run
+
+        torch.set_num_threads(1)
+        variant, seed = params["variant"], params["seed"]
+        paradigm, extra = VARIANTS[variant]
+        experiment = f"{args.name}-{variant}-s{seed}"
+        cfg = load_config(config_path, [*base_overrides, f"method.paradigm={paradigm}", *extra, f"train.seed={seed}",
+                                        f"model.seed={seed}", f"train.experiment={experiment}",
+                                        f"train.storage_path={root}/trials", f"tracking.run_name={experiment}"]
+                          ).with_absolute_paths(driver_cwd)
+        run_id = open_run(cfg, uri, f"{storage(cfg)[2]}/mlflow_run_id", parent_run_id=parent, experiment=args.name) if uri else ""
+        trainer, loop_config = make_trainer(cfg, dataset, num_rows, manifest=manifest, mlflow_uri=uri, mlflow_run_id=run_id,
+                                            validate=False, controller_failure_limit=0)
+        t0 = time.time()
+        result = trainer.fit()
+        train_s = time.time() - t0
+        evaluation = evaluate_model(loop_config["export_uri"], ["refocus"], traces, limit=args.eval_limit or None,
+                                    batch_size=args.eval_batch, ablation=EVAL_ABLATIONS.get(variant, ["none"]))
+        rows = [{"id": p["id"], "ablation": p["ablation"], "correct": bool(p["correct"]), "tokens": p["tokens"]}
+                for p in evaluation["predictions"]]
+        path = Path(storage(cfg)[2]) / "predictions.json"
+        path.write_text(json.dumps(rows))
+        metrics = {"steps": result.metrics.get("step"), "train_s": round(train_s), "eval_s": round(time.time() - t0 - train_s)}
+        for r in evaluation["results"]:
+            tag = "" if r["ablation"] == "none" else f"{r['ablation']}/"
+            for split, m in r["metrics"]["by_split"].items():
+                metrics[f"{tag}{split}_acc"] = m["acc"]
+            metrics[f"{tag}tokens_total"] = r["tokens"]["total"]
+            metrics[f"{tag}tokens_inference"] = r["tokens"]["inference"]
+        if run_id:  # the test result beside the training curves
+            logger = RunLogger(uri, run_id, system_metrics=False)
+            logger.metrics(int(metrics["steps"] or 0), {f"eval/{k}": float(v) for k, v in metrics.items() if v is not None})
+            logger.artifacts(path, "eval")
+            logger.close()
+        tune.report({**metrics, "predictions": str(path), "variant": variant, "seed": seed})
+
+    return trial
+
+
+def row_index(traces: str) -> dict[str, dict]:
+    """id -> {split, family, answer, question} of the evaluated splits, from the traces' own Parquet reader."""
+    from pipelines.io import read_traces_table
+
+    out = {}
+    for split in SPLITS:
+        try:
+            table = read_traces_table(traces, split).select(["id", "question", "answer", "meta"]).to_pylist()
+        except (FileNotFoundError, OSError):
+            continue
+        for r in table:
+            out[r["id"]] = {"split": split, "family": json.loads(r["meta"] or "{}").get("family", "unknown"),
+                            "answer": r["answer"], "question": r["question"]}
+    return out
+
+
+def question_only(traces: str, index: dict[str, dict]) -> dict[str, dict]:
+    """Per family: chance (1 / distinct answers in train) and a question-only majority baseline, scored on the same
+    evaluated rows (the most common train answer of the same question text, else of the family)."""
+    from pipelines.io import read_traces_table
+
+    train = read_traces_table(traces, "train").select(["question", "answer", "meta"]).to_pylist()
+    by_q, by_f = defaultdict(Counter), defaultdict(Counter)
+    for r in train:
+        by_q[r["question"]][r["answer"]] += 1
+        by_f[json.loads(r["meta"] or "{}").get("family", "unknown")][r["answer"]] += 1
+    hits, total = Counter(), Counter()
+    for r in index.values():
+        guess = (by_q.get(r["question"]) or by_f[r["family"]] or Counter({"": 1})).most_common(1)[0][0]
+        for key in (r["family"], "overall"):
+            hits[key] += guess == r["answer"]
+            total[key] += 1
+    return {f: {"chance": (100 / len(by_f[f]) if by_f.get(f) else None), "question_only": 100 * hits[f] / total[f]}
+            for f in total}
+
+
+def analyse(trials: list[dict], index: dict[str, dict], n_boot: int) -> dict:
+    """Accuracy intervals per variant x ablation, per family and overall; paired differences; tokens."""
+    import numpy as np
+
+    from lare.eval.stats import bootstrap_ci, paired_diff_ci
+
+    by_key: dict[str, dict[int, dict]] = defaultdict(dict)  # "variant[ablation]" -> seed -> {id: row}
+    for t in trials:
+        for r in json.loads(Path(t["predictions"]).read_text()):
+            key = t["variant"] if r["ablation"] == "none" else f"{t['variant']}[{r['ablation']}]"
+            by_key[key].setdefault(t["seed"], {})[r["id"]] = r
+    seeds = sorted({t["seed"] for t in trials})
+    ids = sorted(set.intersection(*(set(rows) for per_seed in by_key.values() for rows in per_seed.values())))
+    families = sorted({index[i]["family"] for i in ids if i in index})
+    groups = {"overall": ids, **{f: [i for i in ids if index.get(i, {}).get("family") == f] for f in families},
+              **{f"split:{s}": [i for i in ids if index.get(i, {}).get("split") == s] for s in SPLITS}}
+
+    def matrix(key: str, group: list[str]):
+        per_seed = by_key[key]
+        return np.array([[per_seed[s][i]["correct"] for i in group] for s in seeds if s in per_seed], dtype=float)
+
+    table = {}
+    for key in by_key:
+        complete = len(by_key[key]) == len(seeds)
+        rows = [r for per_seed in by_key[key].values() for i, r in per_seed.items() if i in set(ids)]
+        total = np.mean([sum(r["tokens"][k] for k in ("visual", "prompt_text", "latent", "generated", "crop_visual"))
+                         for r in rows])
+        inference = np.mean([r["tokens"]["latent"] + r["tokens"]["generated"] + r["tokens"]["crop_visual"] for r in rows])
+        table[key] = {"seeds": len(by_key[key]), "complete": complete, "tokens_total": float(total),
+                      "tokens_inference": float(inference),
+                      **{g: bootstrap_ci(matrix(key, members), n_boot) for g, members in groups.items() if members}}
+    diffs = {}
+    if "lare" in table:
+        for other in [k for k in table if k != "lare"]:
+            if len(by_key[other]) != len(by_key["lare"]):
+                continue
+            diffs[f"lare - {other}"] = {g: paired_diff_ci(matrix("lare", m), matrix(other, m), n_boot)
+                                        for g, m in groups.items() if m}
+    return {"table": table, "paired": diffs, "rows_evaluated": len(ids), "seeds": seeds, "families": families}
+
+
+def headline(analysis: dict) -> dict:
+    table, out = analysis["table"], {}
+    baselines = [b for b in BASELINES if b in table]
+    if "lare" in table and baselines:
+        best = max(baselines, key=lambda b: table[b]["overall"]["acc"])
+        out["best_baseline"] = best
+        out["lare_acc_minus_best_baseline"] = table["lare"]["overall"]["acc"] - table[best]["overall"]["acc"]
+        out["lare_acc_minus_best_baseline_ci"] = analysis["paired"].get(f"lare - {best}", {}).get("overall")
+    if "lare" in table and "crop" in table:
+        out["lare_tokens_over_crop"] = table["lare"]["tokens_inference"] / table["crop"]["tokens_inference"]
+        out["lare_total_tokens_over_crop"] = table["lare"]["tokens_total"] / table["crop"]["tokens_total"]
+    return out
+
+
+def print_report(result: dict) -> None:
+    a = result["analysis"]
+    print(f"paradigms on refocus v2: seeds {a['seeds']}, {a['rows_evaluated']} rows evaluated per run, "
+          f"wall {result['wall_s'] / 60:.1f} min")
+    groups = ["overall", "split:test", "split:hard", *a["families"]]
+    print(f"{'variant':<30}" + "".join(f"{g.replace('split:', ''):>19}" for g in groups) + f"{'total tok':>10}{'infer tok':>10}")
+    base = result["baselines_by_family"]
+    print(f"{'chance':<30}" + "".join(f"{_fmt(base.get(g, {}).get('chance')):>19}" for g in groups))
+    print(f"{'question only':<30}" + "".join(f"{_fmt(base.get(g, {}).get('question_only')):>19}" for g in groups))
+    for key, r in a["table"].items():
+        cells = "".join(f"{_ci(r.get(g)):>19}" for g in groups)
+        print(f"{key:<30}{cells}{r['tokens_total']:>10.1f}{r['tokens_inference']:>10.1f}")
+    for key, d in a["paired"].items():
+        print(f"{key:<30}" + "".join(f"{_ci(d.get(g), 'diff'):>19}" for g in groups))
+    for key, value in result["headline"].items():
+        print(f"{key}: {value}")
+
+
+def _fmt(v):
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _ci(r, key="acc"):
+    return "-" if not r else f"{r[key]:.1f} [{r['lo']:.1f},{r['hi']:.1f}]"
+
+
+
+def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None) -> dict:
+    """Run (or resume) the grid, analyse it, print the report; write it to `out` and to the MLflow parent run."""
+    import ray
+    from ray import tune
+
+    from lare.config import load_config
+    from lare.train.launch import prepare_data
+    from lare.train.tracking import RunLogger, open_run, resolve_uri
+    from pipelines.io import ensure_ray
+
+    t0 = time.time()
+    base = load_config(args.config, args.overrides)
+    traces = str(Path(args.traces or base.data.traces_dir).resolve()) if "://" not in (args.traces or base.data.traces_dir) \
+        else (args.traces or base.data.traces_dir)
+    overrides = run_overrides(args, traces)
+    base = load_config(args.config, overrides).with_absolute_paths()
+    uri = resolve_uri(base) if base.tracking.enabled else ""
+    root = f"{Path(args.storage).resolve()}/{args.name}"
+    started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    if started_here:
+        os.environ.setdefault("PYTHONPATH", str(root_dir or Path(__file__).resolve().parents[1]))
+    ensure_ray(num_cpus=(os.cpu_count() or 2) + 4)
+    try:
+        manifest, dataset, num_rows = prepare_data(base)
+        parent = open_run(base, uri, f"{root}/mlflow_parent_run_id", experiment=args.name) if uri else ""
+        trial = make_trial(args, overrides, root, uri, parent, dataset, num_rows, manifest, traces)
+        space = {"variant": tune.grid_search(args.variants), "seed": tune.grid_search(list(range(args.seeds)))}
+        if tune.Tuner.can_restore(f"{root}/grid"):
+            print(f"resuming the comparison {args.name} from {root}/grid")
+            tuner = tune.Tuner.restore(f"{root}/grid", trainable=trial, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trial, param_space=space,
+                               tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent),
+                               run_config=tune.RunConfig(name="grid", storage_path=root))
+        results = tuner.fit()
+    finally:
+        if started_here:
+            ray.shutdown()
+    trials = [r.metrics for r in results if r.metrics and r.metrics.get("predictions")]
+    failed = [str(r.error)[:300] for r in results if r.error]
+    index = row_index(traces)
+    analysis = analyse(trials, index, args.bootstrap)
+    result = {"config": str(args.config),
+              "overrides": overrides, "seeds": args.seeds, "train_rows": num_rows,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_s": round(time.time() - t0),
+              "trials": [{k: v for k, v in t.items() if k in ("variant", "seed", "steps", "train_s", "eval_s")
+                          or k.endswith(("_acc", "tokens_total", "tokens_inference"))} for t in trials],
+              "failed_trials": failed, "baselines_by_family": question_only(traces, index), "analysis": analysis,
+              "headline": headline(analysis),
+              "targets": {"lare_acc_minus_best_baseline": ">= 7.6 points", "lare_tokens_over_crop": "<= 0.40 (inference tokens)"}}
+    print_report(result)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, default=str))
+    if uri and parent:
+        logger = RunLogger(uri, parent, system_metrics=False)
+        flat = {k: v for k, v in result["headline"].items() if isinstance(v, (int, float))}
+        flat.update({f"{key}/overall_acc": r["overall"]["acc"] for key, r in analysis["table"].items()})
+        logger.metrics(0, flat)
+        if out is not None:
+            logger.artifacts(out)
+        logger.close()
+    return result
