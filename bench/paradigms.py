@@ -29,12 +29,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-from lare.compare import VARIANTS, Comparison, run  # noqa: E402
+from lare.compare import VARIANTS, Comparison, analyse_only, run  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "paradigms.json"
 
 
-def parse_args(argv=None) -> tuple[Comparison, Path]:
+def parse_args(argv=None) -> tuple[Comparison, Path, bool]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "paradigms.yaml", help="base config of every run")
     ap.add_argument("--seeds", type=int, default=3)
@@ -48,17 +48,18 @@ def parse_args(argv=None) -> tuple[Comparison, Path]:
     ap.add_argument("--name", default="paradigms", help="the comparison's name: Tune experiment, MLflow parent; reuse it to resume")
     ap.add_argument("--storage", default=str(ROOT / "runs"), help="where trials keep checkpoints and predictions")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--analyse-only", action="store_true", help="report the trials finished so far; train nothing")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples per interval")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     a = ap.parse_args(argv)
-    out = a.out
-    fields = {k: v for k, v in vars(a).items() if k != "out"}
-    return Comparison(**fields), out
+    out, only = a.out, a.analyse_only
+    fields = {k: v for k, v in vars(a).items() if k not in ("out", "analyse_only")}
+    return Comparison(**fields), out, only
 
 
 def main(argv=None) -> dict:
-    comparison, out = parse_args(argv)
-    result = run(comparison, out)
+    comparison, out, only = parse_args(argv)
+    result = analyse_only(comparison, out) if only else run(comparison, out)
     print(f"wrote {out}")
     return result
 

@@ -76,7 +76,7 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
         from lare.train.tracking import RunLogger, open_run
 
         torch.set_num_threads(1)
-        variant, seed = params["variant"], params["seed"]
+        variant, seed = params["run"]["variant"], params["run"]["seed"]
         paradigm, extra = VARIANTS[variant]
         experiment = f"{args.name}-{variant}-s{seed}"
         cfg = load_config(config_path, [*base_overrides, f"method.paradigm={paradigm}", *extra, f"train.seed={seed}",
@@ -107,7 +107,9 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
             logger.metrics(int(metrics["steps"] or 0), {f"eval/{k}": float(v) for k, v in metrics.items() if v is not None})
             logger.artifacts(path, "eval")
             logger.close()
-        tune.report({**metrics, "predictions": str(path), "variant": variant, "seed": seed})
+        summary = {**metrics, "predictions": str(path), "variant": variant, "seed": seed}
+        (path.parent / "trial.json").write_text(json.dumps(summary))  # what finished_trials() reads back
+        tune.report(summary)
 
     return trial
 
@@ -221,6 +223,24 @@ def print_report(result: dict) -> None:
         print(f"{key}: {value}")
 
 
+def printed_numbers(result: dict) -> dict[str, float]:
+    """Every number print_report shows, as MLflow metric names (the parent run holds the whole table)."""
+    from lare.train.tracking import sanitize
+
+    out = {k: v for k, v in result["headline"].items() if isinstance(v, (int, float))}
+    for key, row in result["analysis"]["table"].items():
+        out[f"{key}/tokens_total"], out[f"{key}/tokens_inference"] = row["tokens_total"], row["tokens_inference"]
+        for group, ci in row.items():
+            if isinstance(ci, dict):
+                out.update({f"{key}/{group}/{k}": ci[k] for k in ("acc", "lo", "hi")})
+    for key, groups in result["analysis"]["paired"].items():
+        for group, d in groups.items():
+            out.update({f"{key}/{group}/{k}": d[k] for k in ("diff", "lo", "hi")})
+    for group, b in result["baselines_by_family"].items():
+        out.update({f"{name}/{group}": v for name, v in b.items() if v is not None})
+    return {sanitize(k.replace(" ", "").replace(":", "_").replace("[", "_").replace("]", "")): float(v) for k, v in out.items()}
+
+
 def _fmt(v):
     return "-" if v is None else f"{v:.1f}"
 
@@ -237,7 +257,7 @@ def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None)
 
     from lare.config import load_config
     from lare.train.launch import prepare_data
-    from lare.train.tracking import RunLogger, open_run, resolve_uri
+    from lare.train.tracking import open_run, resolve_uri
     from pipelines.io import ensure_ray
 
     t0 = time.time()
@@ -256,7 +276,9 @@ def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None)
         manifest, dataset, num_rows = prepare_data(base)
         parent = open_run(base, uri, f"{root}/mlflow_parent_run_id", experiment=args.name) if uri else ""
         trial = make_trial(args, overrides, root, uri, parent, dataset, num_rows, manifest, traces)
-        space = {"variant": tune.grid_search(args.variants), "seed": tune.grid_search(list(range(args.seeds)))}
+        # One grid over (seed, variant) pairs, every variant at a seed before the next seed: a comparison cut short
+        # still compares every variant.
+        space = {"run": tune.grid_search([{"variant": v, "seed": s} for s in range(args.seeds) for v in args.variants])}
         if tune.Tuner.can_restore(f"{root}/grid"):
             print(f"resuming the comparison {args.name} from {root}/grid")
             tuner = tune.Tuner.restore(f"{root}/grid", trainable=trial, resume_errored=True)
@@ -268,8 +290,26 @@ def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None)
     finally:
         if started_here:
             ray.shutdown()
-    trials = [r.metrics for r in results if r.metrics and r.metrics.get("predictions")]
     failed = [str(r.error)[:300] for r in results if r.error]
+    return report(args, finished_trials(root, args), traces, overrides, num_rows, failed, uri, parent, out, t0)
+
+
+def finished_trials(root: str, args: Comparison) -> list[dict]:
+    """The trials of this comparison that finished (trained, evaluated, predictions written), read from disk: the
+    same analysis works on a grid that is still running or was stopped."""
+    found = []
+    for path in sorted(Path(root, "trials").glob(f"{args.name}-*-s*/trial.json")):
+        trial = json.loads(path.read_text())
+        if trial["variant"] in args.variants and trial["seed"] < args.seeds:
+            found.append(trial)
+    return found
+
+
+def report(args: Comparison, trials: list[dict], traces: str, overrides: list[str], num_rows: int, failed: list[str],
+           uri: str, parent: str, out: Path | None, t0: float) -> dict:
+    """Analyse the finished trials, print the table, write it to `out` and to the MLflow parent run."""
+    from lare.train.tracking import RunLogger
+
     index = row_index(traces)
     analysis = analyse(trials, index, args.bootstrap)
     result = {"config": str(args.config),
@@ -286,10 +326,26 @@ def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None)
         out.write_text(json.dumps(result, indent=1, default=str))
     if uri and parent:
         logger = RunLogger(uri, parent, system_metrics=False)
-        flat = {k: v for k, v in result["headline"].items() if isinstance(v, (int, float))}
-        flat.update({f"{key}/overall_acc": r["overall"]["acc"] for key, r in analysis["table"].items()})
-        logger.metrics(0, flat)
+        logger.metrics(0, printed_numbers(result))
         if out is not None:
             logger.artifacts(out)
         logger.close()
     return result
+
+
+def analyse_only(args: Comparison, out: Path | None = None) -> dict:
+    """The report of what has finished so far, without training anything (a running or stopped comparison)."""
+    from lare.config import load_config
+    from lare.storage import read_text
+    from lare.train.tracking import resolve_uri
+
+    t0 = time.time()
+    base = load_config(args.config, args.overrides)
+    traces = str(Path(args.traces or base.data.traces_dir).resolve())
+    overrides = run_overrides(args, traces)
+    base = load_config(args.config, overrides).with_absolute_paths()
+    root = f"{Path(args.storage).resolve()}/{args.name}"
+    uri = resolve_uri(base) if base.tracking.enabled else ""
+    parent = (read_text(f"{root}/mlflow_parent_run_id") or "").strip() if uri else ""
+    return report(args, finished_trials(root, args), traces, overrides, base.data.num_train_samples, [], uri, parent,
+                  out, t0)

@@ -50,8 +50,14 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(children) == 2 and all("eval/test_acc" in r.data.metrics for r in children)
+    (parent,) = [r for r in runs if not r.data.tags.get("mlflow.parentRunId")]
+    assert parent.data.metrics["lare/overall/acc"] == pytest.approx(table["lare"]["overall"]["acc"])
+    assert "lare-crop/overall/diff" in parent.data.metrics and "question_only/overall" in parent.data.metrics
 
     # The same name resumes: finished trials are read back, not trained again.
     again = paradigms.main(args)
     assert {(t["variant"], t["seed"], t["steps"]) for t in again["trials"]} == {(t["variant"], t["seed"], t["steps"]) for t in result["trials"]}
     assert again["analysis"]["table"]["lare"]["overall"] == table["lare"]["overall"]
+    # The report of a comparison in progress reads the finished trials from disk and trains nothing.
+    only = paradigms.main([*args, "--analyse-only"])
+    assert only["analysis"]["table"]["crop"]["overall"] == table["crop"]["overall"]
