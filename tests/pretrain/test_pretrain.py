@@ -1,0 +1,71 @@
+"""Pretraining the tiny backbone (jobs/pretrain.py): the dense labels are true to the scene, a short stage A makes the
+probe rise, the job runs both stages and bundles a loadable backbone with its model card."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lare.backbone import load_backbone
+from lare.config import load_config
+from lare.pretrain import (BACKGROUND_SHAPE, StageA, VisionProbe, draw_scene, object_index_map, probe_accuracy,
+                           run_stage_a, token_labels)
+from pipelines.sources.refocus import SHAPES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_token_labels_name_the_object_that_covers_each_cell():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scene = draw_scene(rng)
+        shape, colour, main = token_labels(scene, grid=7)
+        index = object_index_map(scene)
+        for n, obj in enumerate(scene.objects):
+            x1, y1, x2, y2 = obj["box"]
+            assert (index[y1:y2, x1:x2] == n + 1).any(), "every object is drawn in its own box"
+            if main[n] < 0:
+                continue
+            r, c = divmod(int(main[n]), 7)
+            cell = index[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32]
+            assert (cell == n + 1).sum() == max((cell == k).sum() for k in range(1, len(scene.objects) + 1))
+            assert SHAPES[shape[main[n]]] == obj["shape"]
+        assert (main >= 0).mean() > 0.8
+        labelled = shape != BACKGROUND_SHAPE
+        assert 0 < labelled.sum() <= 4 * len(scene.objects) and (colour[~labelled] == 8).all()
+
+
+def test_a_short_stage_a_makes_the_colour_probe_rise():
+    torch.manual_seed(0)
+    vlm, processor = load_backbone(load_config(None, ["model.backbone=tiny-qwen3-vl"]).model)
+    probe = VisionProbe(64)
+    before = probe_accuracy(vlm, probe, processor, seed=1000, scenes=64)
+    run_stage_a(vlm, processor, StageA(steps=120, batch_size=8, lr=3e-3, warmup_steps=10), probe=probe)
+    after = probe_accuracy(vlm, probe, processor, seed=1000, scenes=64)
+    assert after["probe_colour_acc"] > max(0.5, before["probe_colour_acc"] + 0.3), (before, after)
+    assert after["probe_token_shape_acc"] > before["probe_token_shape_acc"]
+
+
+@pytest.mark.slow
+def test_the_job_runs_both_stages_and_bundles_a_loadable_backbone(tmp_path, ray_session, monkeypatch):
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import pretrain
+
+    bundle = tmp_path / "bundle"
+    monkeypatch.setattr(pretrain, "BUNDLE", bundle)
+    summary = pretrain.main(["--out", str(tmp_path / "out"), "--stage-a-steps", "6", "--stage-a-batch", "4",
+                             "--probe-scenes", "16", "--bundle",
+                             "data.source_options={families: grounding, num_train: 32, num_val: 4, num_test: 8, num_hard: 0}",
+                             "train.batch_size=8", "data.num_val_samples=4", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert summary["stage_a"]["steps"] == 6 and summary["stage_b"]["steps"] == 4
+    assert {"probe_shape_acc", "grounding_where_is_mean_iou", "grounding_what_is_at_acc"} <= set(summary["probes"])
+    card = (bundle / "README.md").read_text()
+    assert "python jobs/pretrain.py" in card and "per-object shape accuracy" in card
+    assert json.loads((bundle / "pretrain.json").read_text())["probes"] == summary["probes"]
+    assert not list(bundle.glob("lare_*")), "the bundle is a backbone, not a LaRe model"
+    vlm, _ = load_backbone(load_config(None, [f"model.backbone={bundle}"]).model)
+    assert vlm.config.model_type == "qwen3_vl"
+
