@@ -3,7 +3,8 @@
 S3 settings come from the environment, never from code or logs: AWS_ENDPOINT_URL_S3 or
 AWS_ENDPOINT_URL (e.g. http://127.0.0.1:9000 for MinIO or moto), AWS_REGION / AWS_DEFAULT_REGION,
 and credentials through the AWS default chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, profiles,
-instance roles). Ray workers need the same environment (runtime_env env_vars on a cluster).
+instance roles). Ray workers inherit them from the Ray the job starts (lare.rayenv: never through runtime_env,
+which Ray logs in clear); on a cluster they come from the cluster's own environment.
 Layout of a build: OUT/<split>/part-*.parquet, OUT/rejects/part-*.parquet, OUT/manifest.json.
 """
 
@@ -50,23 +51,32 @@ def _read_dir(path_or_uri, folder, schema, filesystem):
     return pa.concat_tables([pq.read_table(f, filesystem=fs, schema=schema) for f in files])
 
 
-def ensure_ray(num_cpus: int | None = None):
+def ensure_ray(num_cpus: int | None = None, **init_kwargs):
     """Use the Ray already initialised; else connect to RAY_ADDRESS when set; else start a local Ray
-    on 127.0.0.1 only (a bare ray.init() could attach to someone else's cluster on this machine)."""
+    on 127.0.0.1 only (a bare ray.init() could attach to someone else's cluster on this machine).
+
+    The local Ray listens on 127.0.0.1 only, torch.distributed's store and gloo inside it too, and its workers
+    inherit this process's environment, credentials included (never passed through runtime_env, which Ray
+    logs): lare.rayenv. init_kwargs go to ray.init (e.g. _temp_dir, log_to_driver, object_store_memory)."""
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from lare import rayenv
+
     package_dir = os.path.dirname(os.path.abspath(__file__))
-    if os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        # A cluster on this machine's loopback (the local stack): this driver must stay on loopback too.
+        loopback = rayenv.apply() if rayenv.is_loopback(rayenv.address_host(address)) else {}
         # Workers on other machines get this package shipped with the job (whatever is installed there).
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"py_modules": [package_dir]})
+        ray.init(address=address, runtime_env={"py_modules": [package_dir]}, **{**loopback, **init_kwargs})
     else:
+        loopback = rayenv.apply()  # before ray.init: the raylet and every worker inherit the environment
         # Local workers inherit the environment: make `pipelines` importable from any working directory
         # even when the project is not pip-installed.
         root = os.path.dirname(package_dir)
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         if root not in paths:
             os.environ["PYTHONPATH"] = os.pathsep.join([root] + paths)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=num_cpus, **{"include_dashboard": False, **loopback, **init_kwargs})

@@ -64,8 +64,9 @@ def ray_session():
         yield ray
         return
     tmp = tempfile.mkdtemp(prefix="lr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(address="local", num_cpus=6, include_dashboard=False, _temp_dir=tmp, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    from pipelines.io import ensure_ray
+
+    ensure_ray(num_cpus=6, _temp_dir=tmp, log_to_driver=False)  # the jobs' own start-up: every socket on loopback
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -35,7 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # lare.rayenv: the Ray settings the jobs use too (standard library only)
+from lare import rayenv  # noqa: E402
+
+HOST = rayenv.HOST  # every server binds this address only
 BUCKET = "lare-dev"
 # moto accepts any credentials; these are the conventional dummies, not secrets.
 DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -217,6 +221,9 @@ def ray_cmd(ctx: Ctx):
     env.update(RAY_ADDRESS=f"{HOST}:{p['gcs']}", MLFLOW_TRACKING_URI=ctx.mlflow_url,
                AWS_ENDPOINT_URL=ctx.s3_url, MLFLOW_S3_ENDPOINT_URL=ctx.s3_url)
     env.update(ray_auth_env(ctx))
+    # Loopback for what runs inside the head too: gloo's interface and the worker setup hook that keeps the
+    # torch.distributed store of a job's Ray Train workers on 127.0.0.1 (the raylet's workers inherit this).
+    env.update(rayenv.environment())
     # On SIGTERM Ray drains the node (for Serve) for up to 30 s, waiting for idle workers to return their leases.
     # A dev head has no Serve traffic to move: a short drain keeps `down` quick after jobs ran.
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "3")

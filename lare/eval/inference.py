@@ -317,7 +317,11 @@ def run_inference(model, items: list[EvalItem], *, ablations: Sequence[str] = ("
 
         ensure_ray()  # a Ray already up (or $RAY_ADDRESS) is used; never a bare ray.init() onto someone else's cluster
 
-        remote_args = {"runtime_env": {"env_vars": worker_env()}} if worker_env() else {}  # S3 credentials, never logged
+        from lare.rayenv import runtime_env_vars
+
+        # Ray logs runtime_env in clear: credentials reach the actors through the environment Ray inherited instead.
+        env_vars = runtime_env_vars(worker_env())
+        remote_args = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
         ds = ray.data.from_items(records)
         ds = ds.map_batches(ModelPredictor, fn_constructor_kwargs={"model_uri": uri, **kwargs},
                             batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus or None,

@@ -24,7 +24,7 @@ from typing import Sequence
 from lare.eval.inference import ModelNotFound, applicable, read_model_config, run_inference  # noqa: F401 (re-exported)
 from lare.eval.readers import BENCHMARKS, EvalItem, MissingBenchmarkFiles, expand_circular, read_benchmark
 from lare.eval.report import mlflow_metrics, summarize, write_reports
-from lare.storage import redact
+from lare.train.tracking import redact_text as redact  # URI user info, query-string and env credentials
 
 log = logging.getLogger("lare.eval")
 

@@ -61,9 +61,13 @@ def storage(cfg: Config) -> tuple[str, object, str]:
 
 
 def worker_env_vars() -> dict[str, str]:
-    """What every training worker needs from the driver's environment (storage credentials are never logged)."""
+    """The settings every training worker gets through runtime_env. Never credentials: Ray writes runtime_env to
+    its logs (runtime_env_agent.log). Workers inherit those from the Ray the job started (ensure_ray starts it with
+    this environment), or from the cluster's own environment (lare.rayenv)."""
+    from lare.rayenv import runtime_env_vars
+
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "TOKENIZERS_PARALLELISM": "false", **worker_env()}
+           "TOKENIZERS_PARALLELISM": "false", **runtime_env_vars(worker_env())}
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return env

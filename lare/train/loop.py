@@ -233,9 +233,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     full = checkpoint.full_model_state(model)
     export_uri = ""
     if rank == 0:
+        from lare.train.tracking import redact_text, redacted_config
+
+        public = redacted_config(cfg)  # lare_config.json and config.yaml hold no credential (as the params)
         export_uri = loop_config["export_uri"]
         with tempfile.TemporaryDirectory(prefix="lare-export-") as tmp:
-            checkpoint.export(full, cfg, Path(tmp) / "model")
+            checkpoint.export(full, public, Path(tmp) / "model")
             from lare.storage import upload_dir
 
             upload_dir(Path(tmp) / "model", export_uri)
@@ -244,11 +247,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
                 table = Path(tmp) / "validation.json"
                 table.write_text(json.dumps(val_rows, indent=1))
-                (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
+                (Path(tmp) / "config.yaml").write_text(public.to_yaml())
                 logger.artifacts(Path(tmp) / "config.yaml")
                 logger.artifacts(table)
                 if loop_config.get("manifest"):
-                    (Path(tmp) / "manifest.json").write_text(loop_config["manifest"])
+                    (Path(tmp) / "manifest.json").write_text(redact_text(loop_config["manifest"]))
                     logger.artifacts(Path(tmp) / "manifest.json", "data")
                 logger.artifacts(Path(tmp) / "model", "model")
         if logger:

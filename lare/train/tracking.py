@@ -6,17 +6,19 @@ metrics are buffered, a warning is printed, and they are sent when the server an
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from lare.config import Config
-from lare.storage import read_text, redact, write_text
+from lare.storage import read_text, write_text
 
 log = logging.getLogger("lare.tracking")
 
@@ -36,18 +38,31 @@ def check_reachable(uri: str, timeout: float) -> None:
         error: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=min(3.0, timeout)) as r:
+                with urllib.request.urlopen(_health_request(uri), timeout=min(3.0, timeout)) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError) as e:
                 error = e
             time.sleep(0.5)
         raise TrackingUnavailable(
-            f"MLflow tracking server {redact(uri)} did not answer within {timeout:.0f}s ({error}). Start it "
+            f"MLflow tracking server {redact_text(uri)} did not answer within {timeout:.0f}s ({redact_text(error)}). Start it "
             "(`make up` starts one on 127.0.0.1) or point tracking.uri / MLFLOW_TRACKING_URI at a running one; "
             "tracking.enabled=false trains without tracking.")
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <uri>/health; user info in the URI (http://user:password@host) becomes a Basic header (urllib would
+    take it for part of the host name)."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/") + "/health")
+    if parts.username is None:
+        return urllib.request.Request(parts.geturl())
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    user = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    return urllib.request.Request(parts._replace(netloc=netloc).geturl(),
+                                  headers={"Authorization": "Basic " + base64.b64encode(user.encode()).decode()})
 
 
 def quick_client_env() -> None:
@@ -60,8 +75,58 @@ def sanitize(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)
 
 
+# ---- redaction: everything this project writes to MLflow, exports and reports goes through redact_text/redact_obj --
+MASK = "***"
+# scheme://user:password@host (the password may hold '/', as AWS keys do) and scheme://token@host
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\s/?#@:\"']*:[^\s@\"']*|[^\s/?#@:\"']+)@")
+# key=value credentials in query strings (s3://b/p?access_key=..&secret_key=..), presigned URLs and free text
+_SECRET_KEYS = ("aws_secret_access_key", "aws_access_key_id", "aws_session_token", "secret_access_key", "access_key_id",
+                "access_key", "secret_key", "session_token", "security_token", "x-amz-security-token", "x-amz-credential",
+                "x-amz-signature", "awsaccesskeyid", "signature", "sig", "password", "passwd", "client_secret",
+                "api_key", "apikey", "token", "secret")
+_KEY_VALUE = re.compile(r"(?i)(?<![\w-])((?:" + "|".join(re.escape(k) for k in _SECRET_KEYS) + r")=)[^&\s#\"',;]+")
+_SECRET_FIELD = re.compile(r"(?i)(^|[^a-z])(secret|password|passwd|token|credentials?|api_?key|access_key|secret_key)($|[^a-z])")
+
+
+def _env_secrets() -> list[str]:
+    """Values of this process's credential variables (AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD, ...), longest
+    first: hidden wherever they appear. Shorter than 8 characters they are not secrets (moto's `testing`)."""
+    from lare.rayenv import is_secret_name
+
+    values = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 8 and not k.endswith(("_PATH", "_FILE"))}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_text(text) -> str:
+    """`text` with credentials hidden: URI user info, key=value credentials (query strings included) and the
+    values of the credential variables in the environment."""
+    text = _KEY_VALUE.sub(r"\1" + MASK, _USERINFO.sub(r"\1" + MASK + "@", str(text)))
+    for value in _env_secrets():
+        text = text.replace(value, MASK)
+    return text
+
+
+def redact_obj(obj):
+    """A copy of a JSON-like value with every string (dict keys too: data.mixture is keyed by URIs) redacted,
+    and the values of credential-named fields (password, token, secret_key, ...) masked."""
+    if isinstance(obj, dict):
+        return {redact_text(k) if isinstance(k, str) else k:
+                (MASK if isinstance(v, str) and v and isinstance(k, str) and _SECRET_FIELD.search(k) else redact_obj(v))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_obj(v) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj)
+    return obj
+
+
+def redacted_config(cfg: Config) -> Config:
+    """The config as it may be shown: logged to MLflow (params, config.yaml) and written into exports."""
+    return Config.from_dict(redact_obj(cfg.to_dict()))
+
+
 def flat_params(cfg: Config) -> dict[str, str]:
-    return {sanitize(k): redact(str(v))[:6000] for k, v in cfg.flat().items()}
+    return {sanitize(k): redact_text(v)[:6000] for k, v in redacted_config(cfg).flat().items()}
 
 
 def experiment_id(client, cfg: Config, uri: str, name: str | None = None) -> str:
@@ -114,6 +179,8 @@ class RunLogger:
         from mlflow.tracking import MlflowClient
 
         self.uri, self.run_id = uri, run_id
+        if redact_text(uri) != uri:  # MLflow prints "View run ... at: <tracking URI>/..." when a run ends
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.client = MlflowClient(uri)
         self.pending: list = []
         # After a restart the steps since the checkpoint are replayed (bit for bit on CPU): log each step once.

@@ -229,9 +229,15 @@ def test_e2e_train_job_on_the_stack(stack, tmp_path):
                  "data.num_val_samples=8", "train.num_workers=1", "train.epochs_per_stage=1", "train.start_stage=3",
                  f"train.experiment={experiment}", f"train.storage_path=s3://lare-dev/e2e/{tag}"]
     job_id = f"lare-e2e-{tag}"
-    submit(env, REPO, ["python", "jobs/train.py", *overrides], job_id)
-    info = wait_job(env, token(stack), job_id, timeout=420)
+    from test_loopback import ListenerWatch
+
+    with ListenerWatch(records(stack)["ray"]["pid"]) as watch:  # the head's processes, the job's workers included
+        submit(env, REPO, ["python", "jobs/train.py", *overrides], job_id)
+        info = wait_job(env, token(stack), job_id, timeout=420)
     assert info["status"] == "SUCCEEDED", f"job {job_id} {info['status']}:\n{info['logs'][-5000:]}"
+    # While it trained: the Ray Train worker's torch.distributed store and gloo too, on loopback only.
+    assert any("RayTrainWorker" in cmd for cmd in watch.commands), f"no Ray Train worker seen: {watch.commands}"
+    assert not watch.exposed(), f"the stack listened beyond loopback during the job: {watch.exposed()}"
 
     uri = env["MLFLOW_TRACKING_URI"]
     code, exp = http_json(f"{uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name={experiment}")
