@@ -91,6 +91,45 @@ def upload_dir(local: str | Path, uri: str) -> str:
     return uri
 
 
-def redact(text: str) -> str:
-    """Hide credentials embedded in URIs anywhere in a text (scheme://user:secret@host)."""
-    return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@", r"\1***@", str(text))
+MASK = "***"
+# scheme://user:password@host (the password may hold '/', as AWS keys do) and scheme://token@host
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\s/?#@:\"']*:[^\s@\"']*|[^\s/?#@:\"']+)@")
+# key=value credentials in query strings (s3://b/p?access_key=..&secret_key=..), presigned URLs and free text
+_SECRET_KEYS = ("aws_secret_access_key", "aws_access_key_id", "aws_session_token", "secret_access_key", "access_key_id",
+                "access_key", "secret_key", "session_token", "security_token", "x-amz-security-token", "x-amz-credential",
+                "x-amz-signature", "awsaccesskeyid", "signature", "sig", "password", "passwd", "client_secret",
+                "api_key", "apikey", "token", "secret")
+_KEY_VALUE = re.compile(r"(?i)(?<![\w-])((?:" + "|".join(re.escape(k) for k in _SECRET_KEYS) + r")=)[^&\s#\"',;]+")
+_SECRET_FIELD = re.compile(r"(?i)(^|[^a-z])(secret|password|passwd|token|credentials?|api_?key|access_key|secret_key)($|[^a-z])")
+
+
+def _env_secrets() -> list[str]:
+    """Values of this process's credential variables (AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD, ...), longest
+    first: hidden wherever they appear. Shorter than 8 characters they are not secrets (moto's `testing`)."""
+    from lare.rayenv import is_secret_name
+
+    values = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 8 and not k.endswith(("_PATH", "_FILE"))}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text) -> str:
+    """`text` with credentials hidden: URI user info, key=value credentials (query strings included) and the
+    values of the credential variables in the environment."""
+    text = _KEY_VALUE.sub(r"\1" + MASK, _USERINFO.sub(r"\1" + MASK + "@", str(text)))
+    for value in _env_secrets():
+        text = text.replace(value, MASK)
+    return text
+
+
+def redact_obj(obj):
+    """A copy of a JSON-like value with every string (dict keys too: data.mixture is keyed by URIs) redacted,
+    and the values of credential-named fields (password, token, secret_key, ...) masked."""
+    if isinstance(obj, dict):
+        return {redact(k) if isinstance(k, str) else k:
+                (MASK if isinstance(v, str) and v and isinstance(k, str) and _SECRET_FIELD.search(k) else redact_obj(v))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_obj(v) for v in obj]
+    if isinstance(obj, str):
+        return redact(obj)
+    return obj

@@ -18,7 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from lare.config import Config
-from lare.storage import read_text, write_text
+from lare.storage import read_text, redact_obj, write_text
+from lare.storage import redact as redact_text
 
 log = logging.getLogger("lare.tracking")
 
@@ -75,51 +76,7 @@ def sanitize(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)
 
 
-# ---- redaction: everything this project writes to MLflow, exports and reports goes through redact_text/redact_obj --
-MASK = "***"
-# scheme://user:password@host (the password may hold '/', as AWS keys do) and scheme://token@host
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\s/?#@:\"']*:[^\s@\"']*|[^\s/?#@:\"']+)@")
-# key=value credentials in query strings (s3://b/p?access_key=..&secret_key=..), presigned URLs and free text
-_SECRET_KEYS = ("aws_secret_access_key", "aws_access_key_id", "aws_session_token", "secret_access_key", "access_key_id",
-                "access_key", "secret_key", "session_token", "security_token", "x-amz-security-token", "x-amz-credential",
-                "x-amz-signature", "awsaccesskeyid", "signature", "sig", "password", "passwd", "client_secret",
-                "api_key", "apikey", "token", "secret")
-_KEY_VALUE = re.compile(r"(?i)(?<![\w-])((?:" + "|".join(re.escape(k) for k in _SECRET_KEYS) + r")=)[^&\s#\"',;]+")
-_SECRET_FIELD = re.compile(r"(?i)(^|[^a-z])(secret|password|passwd|token|credentials?|api_?key|access_key|secret_key)($|[^a-z])")
-
-
-def _env_secrets() -> list[str]:
-    """Values of this process's credential variables (AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD, ...), longest
-    first: hidden wherever they appear. Shorter than 8 characters they are not secrets (moto's `testing`)."""
-    from lare.rayenv import is_secret_name
-
-    values = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 8 and not k.endswith(("_PATH", "_FILE"))}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact_text(text) -> str:
-    """`text` with credentials hidden: URI user info, key=value credentials (query strings included) and the
-    values of the credential variables in the environment."""
-    text = _KEY_VALUE.sub(r"\1" + MASK, _USERINFO.sub(r"\1" + MASK + "@", str(text)))
-    for value in _env_secrets():
-        text = text.replace(value, MASK)
-    return text
-
-
-def redact_obj(obj):
-    """A copy of a JSON-like value with every string (dict keys too: data.mixture is keyed by URIs) redacted,
-    and the values of credential-named fields (password, token, secret_key, ...) masked."""
-    if isinstance(obj, dict):
-        return {redact_text(k) if isinstance(k, str) else k:
-                (MASK if isinstance(v, str) and v and isinstance(k, str) and _SECRET_FIELD.search(k) else redact_obj(v))
-                for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact_obj(v) for v in obj]
-    if isinstance(obj, str):
-        return redact_text(obj)
-    return obj
-
-
+# ---- redaction (lare.storage.redact / redact_obj): everything written to MLflow, exports and reports ---------------
 def redacted_config(cfg: Config) -> Config:
     """The config as it may be shown: logged to MLflow (params, config.yaml) and written into exports."""
     return Config.from_dict(redact_obj(cfg.to_dict()))
