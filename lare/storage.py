@@ -108,8 +108,20 @@ def _env_secrets() -> list[str]:
     first: hidden wherever they appear. Shorter than 8 characters they are not secrets (moto's `testing`)."""
     from lare.rayenv import is_secret_name
 
-    values = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 8 and not k.endswith(("_PATH", "_FILE"))}
+    values = {v for k, v in _environ_snapshot().items()
+              if is_secret_name(k) and len(v) >= 8 and not k.endswith(("_PATH", "_FILE"))}
     return sorted(values, key=len, reverse=True)
+
+
+def _environ_snapshot() -> dict[str, str]:
+    """os.environ as a plain dict. Other threads (MLflow's telemetry) set and unset variables while we read: iterating
+    os.environ then fails with KeyError or RuntimeError, so read again."""
+    for _ in range(10):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+    return dict(os.environ)
 
 
 def redact(text) -> str:
