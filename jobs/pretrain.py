@@ -43,6 +43,8 @@ def parse_args(argv=None):
     ap.add_argument("--stage-a-steps", type=int, default=6000)
     ap.add_argument("--stage-a-batch", type=int, default=32)
     ap.add_argument("--bundle", action="store_true", help="write the result into the package (lare/assets)")
+    ap.add_argument("--bundle-from", choices=("a", "b"), default="b",
+                    help="which stage's backbone to bundle: b (both stages) or a (the vision tower trained, the LM not)")
     ap.add_argument("--probe-scenes", type=int, default=512)
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of stage B's config (configs/pretrain-grounding.yaml)")
     return ap.parse_args(argv)
@@ -120,9 +122,14 @@ def main(argv=None) -> dict:
     ensure_ray(num_cpus=(os.cpu_count() or 1) + 2)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.setdefault("commands", []).append(
+        "python jobs/pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv))  # every invocation that built it
     try:
         if args.stage in ("a", "all"):
+            before = summary.get("stage_a", {})
             summary["stage_a"] = stage_a(args, out)
+            if before.get("steps") == summary["stage_a"]["steps"]:  # a resumed run: the wall time of every invocation
+                summary["stage_a"]["wall_s"] += before.get("wall_s", 0)
             summary_path.write_text(json.dumps(summary, indent=1))
         if args.stage in ("b", "all"):
             summary["stage_b"] = stage_b(args, out)
@@ -130,18 +137,24 @@ def main(argv=None) -> dict:
     finally:
         if started_here:
             ray.shutdown()
-    if args.stage in ("b", "all"):
-        from lare.pretrain import grounding_probes, vision_probes
+    from lare.pretrain import grounding_probes, vision_probes
 
+    probe_dir = out / "stage_a" / "probe"
+    if args.stage in ("b", "all"):
         export = out / "runs" / load_config(STAGE_B_CONFIG, args.overrides).train.experiment / "export"
-        summary["probes"] = {**vision_probes(export, out / "stage_a" / "probe", seed=args.seed + 1000,
-                                             scenes=args.probe_scenes),
-                             **grounding_probes(export, seed=args.seed + 1000)}
-        summary["command"] = "python jobs/pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        summary["seed"] = args.seed
-        summary_path.write_text(json.dumps(summary, indent=1))
-        if args.bundle:
-            bundle(export, out / "stage_a" / "probe", summary)
+        summary["stage_b"]["probes"] = {**vision_probes(export, probe_dir, seed=args.seed + 1000, scenes=args.probe_scenes),
+                                        **grounding_probes(export, seed=args.seed + 1000)}
+    if args.stage in ("a", "all"):
+        summary["stage_a"]["probes"] = vision_probes(out / "stage_a", probe_dir, seed=args.seed + 1000,
+                                                     scenes=args.probe_scenes)
+    summary["seed"] = args.seed
+    summary_path.write_text(json.dumps(summary, indent=1))
+    if args.bundle:
+        stage = args.bundle_from
+        if f"stage_{stage}" not in summary or "probes" not in summary[f"stage_{stage}"]:
+            raise SystemExit(f"error: --bundle-from {stage}: stage {stage.upper()} has not run in {out}")
+        summary["bundled"], summary["probes"] = stage, summary[f"stage_{stage}"]["probes"]
+        bundle(out / "stage_a" if stage == "a" else export, probe_dir, summary)
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -63,9 +63,23 @@ def test_the_job_runs_both_stages_and_bundles_a_loadable_backbone(tmp_path, ray_
     assert summary["stage_a"]["steps"] == 6 and summary["stage_b"]["steps"] == 4
     assert {"probe_shape_acc", "grounding_where_is_mean_iou", "grounding_what_is_at_acc"} <= set(summary["probes"])
     card = (bundle / "README.md").read_text()
-    assert "python jobs/pretrain.py" in card and "per-object shape accuracy" in card
+    assert "python jobs/pretrain.py --out" in card and "per-object shape accuracy" in card
     assert json.loads((bundle / "pretrain.json").read_text())["probes"] == summary["probes"]
     assert not list(bundle.glob("lare_*")), "the bundle is a backbone, not a LaRe model"
     vlm, _ = load_backbone(load_config(None, [f"model.backbone={bundle}"]).model)
     assert vlm.config.model_type == "qwen3_vl"
 
+
+
+def test_the_bundled_backbone_sees_shapes_on_fresh_scenes():
+    """The weights in the package, re-measured on scenes of a seed neither stage trained on nor the model card used."""
+    from lare.backbone import PRETRAINED
+    from lare.pretrain import vision_probes
+
+    folder = PRETRAINED["tiny-qwen3-vl-pretrained"]
+    card = json.loads((folder / "pretrain.json").read_text())
+    probes = vision_probes(folder, folder, seed=424242, scenes=128)
+    assert probes["probe_shape_acc"] >= 0.7 and probes["probe_colour_acc"] >= 0.95, probes
+    assert abs(probes["probe_shape_acc"] - card["probes"]["probe_shape_acc"]) < 0.06
+    vlm, processor = load_backbone(load_config(None, ["model.backbone=tiny-qwen3-vl-pretrained"]).model)
+    assert sum(p.numel() for p in vlm.parameters()) < 2_000_000 and (folder / "README.md").is_file()
