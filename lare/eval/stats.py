@@ -24,7 +24,7 @@ def bootstrap_ci(correct, n_boot: int = 2000, level: float = 0.95, seed: int = 0
         raise ValueError(f"correct must be [seeds, rows] with at least one entry, got shape {c.shape}")
     stats = np.array([c[s][:, r].mean() for s, r in _resamples(c.shape, n_boot, seed)])
     lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return {"acc": 100 * c.mean(), "lo": 100 * lo, "hi": 100 * hi, "seeds": c.shape[0], "rows": c.shape[1]}
+    return {"acc": float(100 * c.mean()), "lo": float(100 * lo), "hi": float(100 * hi), "seeds": c.shape[0], "rows": c.shape[1]}
 
 
 def paired_diff_ci(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
@@ -35,4 +35,4 @@ def paired_diff_ci(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0)
     d = a - b
     stats = np.array([d[s][:, r].mean() for s, r in _resamples(d.shape, n_boot, seed)])
     lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return {"diff": 100 * d.mean(), "lo": 100 * lo, "hi": 100 * hi, "p_le_0": float((stats <= 0).mean())}
+    return {"diff": float(100 * d.mean()), "lo": float(100 * lo), "hi": float(100 * hi), "p_le_0": float((stats <= 0).mean())}
