@@ -104,7 +104,10 @@ def stage_b(args, out: Path) -> dict:
 
 
 def _tracking(args) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(ROOT / 'mlflow.db').resolve()}"
+    """Both stages log where stage B's config says (a tracking.uri override included), else $MLFLOW_TRACKING_URI,
+    else the repository's mlflow.db."""
+    given = [o.split("=", 1)[1] for o in args.overrides if o.startswith("tracking.uri=")]
+    return (given[-1] if given else "") or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(ROOT / 'mlflow.db').resolve()}"
 
 
 def main(argv=None) -> dict:

@@ -60,7 +60,7 @@ def test_the_job_runs_both_stages_and_bundles_a_loadable_backbone(tmp_path, ray_
                              "--probe-scenes", "16", "--bundle",
                              "data.source_options={families: grounding, num_train: 32, num_val: 4, num_test: 8, num_hard: 0}",
                              "train.batch_size=8", "data.num_val_samples=4", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
-    assert summary["stage_a"]["steps"] == 6 and summary["stage_b"]["steps"] == 4
+    assert summary["stage_a"]["steps"] == 6 and summary["stage_b"]["steps"] == 16  # 32 rows / 8 x 4 curriculum epochs
     assert {"probe_shape_acc", "grounding_where_is_mean_iou", "grounding_what_is_at_acc"} <= set(summary["probes"])
     card = (bundle / "README.md").read_text()
     assert "python jobs/pretrain.py --out" in card and "per-object shape accuracy" in card
