@@ -223,6 +223,24 @@ def print_report(result: dict) -> None:
         print(f"{key}: {value}")
 
 
+def markdown(result: dict) -> str:
+    """The report as Markdown tables (docs/benchmarks.md, the MLflow parent's artifact)."""
+    a, base = result["analysis"], result["baselines_by_family"]
+    groups = ["overall", "split:test", "split:hard", *a["families"]]
+    head = "| variant | " + " | ".join(g.replace("split:", "") for g in groups) + " | total tok | inference tok |"
+    rule = "|" + "---|" * (len(groups) + 3)
+    rows = [head, rule,
+            "| chance | " + " | ".join(_fmt(base.get(g, {}).get("chance")) for g in groups) + " | | |",
+            "| question only | " + " | ".join(_fmt(base.get(g, {}).get("question_only")) for g in groups) + " | | |"]
+    for key, r in a["table"].items():
+        rows.append(f"| {key} (seeds {r['seeds']}) | " + " | ".join(_ci(r.get(g)) for g in groups)
+                    + f" | {r['tokens_total']:.1f} | {r['tokens_inference']:.1f} |")
+    diffs = [head.replace("| total tok | inference tok |", "|"), "|" + "---|" * (len(groups) + 1)]
+    for key, d in a["paired"].items():
+        diffs.append(f"| {key} | " + " | ".join(_ci(d.get(g), "diff") for g in groups) + " |")
+    return "\n".join(rows) + "\n\nPaired differences (points; same rows, same seeds):\n\n" + "\n".join(diffs) + "\n"
+
+
 def printed_numbers(result: dict) -> dict[str, float]:
     """Every number print_report shows, as MLflow metric names (the parent run holds the whole table)."""
     from lare.train.tracking import sanitize
@@ -324,11 +342,13 @@ def report(args: Comparison, trials: list[dict], traces: str, overrides: list[st
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, default=str))
+        out.with_suffix(".md").write_text(markdown(result))
     if uri and parent:
         logger = RunLogger(uri, parent, system_metrics=False)
         logger.metrics(0, printed_numbers(result))
         if out is not None:
             logger.artifacts(out)
+            logger.artifacts(out.with_suffix(".md"))
         logger.close()
     return result
 

@@ -27,6 +27,7 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     result = paradigms.main(args)
     assert json.loads(out.read_text())["analysis"]["table"].keys() == result["analysis"]["table"].keys()
+    assert "| lare (seeds 1) |" in out.with_suffix(".md").read_text()
     table = result["analysis"]["table"]
     assert {"crop", "lare", "lare[zero_latents]", "lare[shuffle_refocus]", "lare[uniform_refocus]"} == set(table)
     assert result["analysis"]["rows_evaluated"] == 12 and not result["failed_trials"]
