@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from pipelines.sources.refocus import COLOUR_NAMES, SHAPES, Scene, outline, render
+from pipelines.sources.refocus import COLOUR_NAMES, SHAPES, Scene, draw_object, render
 
 BACKGROUND_SHAPE, BACKGROUND_COLOUR = len(SHAPES), len(COLOUR_NAMES)
 # A token is labelled with an object when the object puts at least this share of its own pixels in the token's
@@ -58,13 +58,7 @@ def object_index_map(scene: Scene) -> np.ndarray:
     im = Image.new("L", (scene.size, scene.size), 0)
     draw = ImageDraw.Draw(im)
     for i, obj in enumerate(scene.objects, start=1):
-        x1, y1, x2, y2 = obj["box"]
-        if obj["shape"] == "circle":
-            draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=i)
-        elif obj["shape"] == "square":
-            draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=i)
-        else:
-            draw.polygon(outline(obj), fill=i)
+        draw_object(draw, obj, i)
     return np.asarray(im, dtype=np.int64)
 
 

@@ -237,15 +237,19 @@ def render(scene: Scene) -> Image.Image:
     im = Image.fromarray(small, "RGB").resize((size, size), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(im)
     for obj in scene.objects:
-        fill = COLOURS[obj["colour"]]
-        x1, y1, x2, y2 = obj["box"]
-        if obj["shape"] == "circle":
-            draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=fill)
-        elif obj["shape"] == "square":
-            draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=fill)
-        else:
-            draw.polygon(outline(obj), fill=fill)
+        draw_object(draw, obj, COLOURS[obj["colour"]])
     return im
+
+
+def draw_object(draw: ImageDraw.ImageDraw, obj: dict, fill) -> None:
+    """One object's pixels, as render() draws them (pretraining draws its label map with the same shapes)."""
+    x1, y1, x2, y2 = obj["box"]
+    if obj["shape"] == "circle":
+        draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=fill)
+    elif obj["shape"] == "square":
+        draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=fill)
+    else:
+        draw.polygon(outline(obj), fill=fill)
 
 
 # ---------------------------------------------------------------------------------------------
