@@ -171,13 +171,14 @@ def analyse(trials: list[dict], index: dict[str, dict], n_boot: int) -> dict:
         per_seed = by_key[key]
         return np.array([[per_seed[s][i]["correct"] for i in group] for s in seeds if s in per_seed], dtype=float)
 
-    table = {}
+    from lare.eval.report import INFERENCE_KEYS
+
+    table, evaluated = {}, set(ids)
     for key in by_key:
         complete = len(by_key[key]) == len(seeds)
-        rows = [r for per_seed in by_key[key].values() for i, r in per_seed.items() if i in set(ids)]
-        total = np.mean([sum(r["tokens"][k] for k in ("visual", "prompt_text", "latent", "generated", "crop_visual"))
-                         for r in rows])
-        inference = np.mean([r["tokens"]["latent"] + r["tokens"]["generated"] + r["tokens"]["crop_visual"] for r in rows])
+        rows = [r for per_seed in by_key[key].values() for i, r in per_seed.items() if i in evaluated]
+        total = np.mean([r["tokens"]["total"] for r in rows])
+        inference = np.mean([sum(r["tokens"][k] for k in INFERENCE_KEYS) for r in rows])
         table[key] = {"seeds": len(by_key[key]), "complete": complete, "tokens_total": float(total),
                       "tokens_inference": float(inference),
                       **{g: bootstrap_ci(matrix(key, members), n_boot) for g, members in groups.items() if members}}
@@ -268,24 +269,31 @@ def _ci(r, key="acc"):
 
 
 
+def resolve(args: Comparison):
+    """(the base config every run starts from, the traces, the overrides every run gets, the comparison's folder,
+    the tracking URI): the same for running the grid and for reporting on it."""
+    from lare.config import load_config
+    from lare.train.tracking import resolve_uri
+
+    given = args.traces or load_config(args.config, args.overrides).data.traces_dir
+    traces = given if "://" in given else str(Path(given).resolve())
+    overrides = run_overrides(args, traces)
+    base = load_config(args.config, overrides).with_absolute_paths()
+    uri = resolve_uri(base) if base.tracking.enabled else ""
+    return base, traces, overrides, f"{Path(args.storage).resolve()}/{args.name}", uri
+
+
 def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None) -> dict:
     """Run (or resume) the grid, analyse it, print the report; write it to `out` and to the MLflow parent run."""
     import ray
     from ray import tune
 
-    from lare.config import load_config
     from lare.train.launch import prepare_data
-    from lare.train.tracking import open_run, resolve_uri
+    from lare.train.tracking import open_run
     from pipelines.io import ensure_ray
 
     t0 = time.time()
-    base = load_config(args.config, args.overrides)
-    traces = str(Path(args.traces or base.data.traces_dir).resolve()) if "://" not in (args.traces or base.data.traces_dir) \
-        else (args.traces or base.data.traces_dir)
-    overrides = run_overrides(args, traces)
-    base = load_config(args.config, overrides).with_absolute_paths()
-    uri = resolve_uri(base) if base.tracking.enabled else ""
-    root = f"{Path(args.storage).resolve()}/{args.name}"
+    base, traces, overrides, root, uri = resolve(args)
     started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if started_here:
         os.environ.setdefault("PYTHONPATH", str(root_dir or Path(__file__).resolve().parents[1]))
@@ -355,17 +363,10 @@ def report(args: Comparison, trials: list[dict], traces: str, overrides: list[st
 
 def analyse_only(args: Comparison, out: Path | None = None) -> dict:
     """The report of what has finished so far, without training anything (a running or stopped comparison)."""
-    from lare.config import load_config
     from lare.storage import read_text
-    from lare.train.tracking import resolve_uri
 
     t0 = time.time()
-    base = load_config(args.config, args.overrides)
-    traces = str(Path(args.traces or base.data.traces_dir).resolve())
-    overrides = run_overrides(args, traces)
-    base = load_config(args.config, overrides).with_absolute_paths()
-    root = f"{Path(args.storage).resolve()}/{args.name}"
-    uri = resolve_uri(base) if base.tracking.enabled else ""
+    base, traces, overrides, root, uri = resolve(args)
     parent = (read_text(f"{root}/mlflow_parent_run_id") or "").strip() if uri else ""
     return report(args, finished_trials(root, args), traces, overrides, base.data.num_train_samples, [], uri, parent,
                   out, t0)

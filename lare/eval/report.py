@@ -23,6 +23,7 @@ from lare.eval.scoring import PROTOCOLS, flatten_metrics, item_results, score
 from lare.model.generate import TOKEN_KEYS
 
 TOKEN_SUMMARY = (*TOKEN_KEYS, "inference")
+INFERENCE_KEYS = ("latent", "generated", "crop_visual")  # what a paradigm spends beyond the shared prompt
 TABLE_COLUMNS = ("benchmark", "model", "paradigm", "ablation", "primary", "accuracy", "n", "missing", "unparsed",
                  *(f"tokens_{k}" for k in TOKEN_SUMMARY), "latency_ms")
 
@@ -46,7 +47,7 @@ def summarize(label: str, paradigm: str, items_by_bench: dict[str, list[EvalItem
             metrics = score(bench, items, texts)
             answered = list(got.values())
             tokens = {k: _mean([r[f"tok_{k}"] for r in answered]) for k in TOKEN_KEYS}
-            tokens["inference"] = _mean([r["tok_latent"] + r["tok_generated"] + r["tok_crop_visual"] for r in answered])
+            tokens["inference"] = _mean([sum(r[f"tok_{k}"] for k in INFERENCE_KEYS) for r in answered])
             results.append({
                 "model": label, "paradigm": paradigm, "ablation": ablation, "benchmark": bench,
                 "protocol": metrics["protocol"], "primary": metrics["primary"], "accuracy": metrics[metrics["primary"]],
