@@ -356,20 +356,13 @@ def grounding_probes(model_dir, *, seed: int, rows: int = 192, batch_size: int =
 
 
 def _example(sample: dict, sample_id: str):
-    """A generated sample as a model Example (what the pipeline would write, without the Parquet round trip)."""
-    import io
-
+    """A generated sample as a model Example: the pipeline's own finish (boxes normalised, image encoded, record
+    validated), without the Parquet round trip."""
     from lare.batch import example_from_record
+    from pipelines.build import resolve_options
+    from pipelines.process import finish
 
-    buf = io.BytesIO()
-    sample["image_pil"].save(buf, format="PNG")
-    w, h = sample["image_pil"].size
-    steps = [{"text": s["text"], "bbox": None if s["bbox_px"] is None else
-              [float(s["bbox_px"][0]) / w, float(s["bbox_px"][1]) / h, float(s["bbox_px"][2]) / w, float(s["bbox_px"][3]) / h]}
-             for s in sample["steps"]]
-    record = {"id": sample_id, "source": "refocus", "split": "test", "image": buf.getvalue(), "image_uri": None,
-              "width": w, "height": h, "question": sample["question"], "choices": sample["choices"],
-              "answer": sample["answer"], "steps": steps, "meta": __import__("json").dumps(sample["meta"])}
+    record = finish(sample, source="refocus", source_id=sample_id, split="test", opts=resolve_options("refocus", {}))
     return example_from_record(record, max_steps=3)
 
 
