@@ -96,6 +96,7 @@ class TrainConfig:
     batch_size: int = opt(8, "Samples per worker per optimizer step.")
     lr: float = opt(3e-3, "Peak learning rate (AdamW).")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
+    freeze_vision: bool = opt(False, "Keep the vision tower's weights fixed (e.g. a tower pretrained to see, while the language model learns to use it).")
     warmup_steps: int = opt(10, "Linear warm-up steps before cosine decay.")
     grad_clip: float = opt(1.0, "Gradient norm clip (0 = off).")
     epochs_per_stage: int = opt(1, "Epochs spent in each curriculum stage.")

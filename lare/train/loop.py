@@ -43,7 +43,7 @@ def learning_rate(cfg: Config, step: int, total: int) -> float:
 
 
 def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                              betas=(0.9, 0.95), foreach=True)
 
 
@@ -187,7 +187,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     samples_window += batch.size
                     tokens_window += int(batch.attention_mask.sum())
                 else:  # every record of this micro-batch was rejected: a zero step keeps the ranks in step
-                    (sum(p.sum() for p in model.parameters()) * 0.0).backward()
+                    (sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0).backward()
                     terms = {}
                 for name, value in terms.items():
                     if not math.isnan(value):

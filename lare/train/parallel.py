@@ -47,6 +47,7 @@ def build_model(cfg: Config, rank: int, world: int, device: torch.device) -> LaR
         model = LaReModel.build(cfg)
         if cfg.train.activation_checkpointing:
             apply_activation_checkpointing(model)
+        freeze(model, cfg)
         return model.to(device)
 
     reference = LaReModel.build(cfg) if rank == 0 else None  # model.dtype: how the weights are read
@@ -78,7 +79,14 @@ def build_model(cfg: Config, rank: int, world: int, device: torch.device) -> LaR
             buf.copy_(ref_buffers[name].to(buf.device, buf.dtype))
         dist.broadcast(buf, src=0)
     del reference, full
+    freeze(model, cfg)
     return model
+
+
+def freeze(model: LaReModel, cfg: Config) -> None:
+    """Parameters the config keeps fixed get no gradient (and so no optimizer state)."""
+    if cfg.train.freeze_vision:
+        model.vlm.model.visual.requires_grad_(False)
 
 
 def reshard(model) -> None:

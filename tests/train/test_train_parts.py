@@ -106,3 +106,19 @@ def test_tracking_outage_mid_run_is_survived(tmp_path):
 
 def test_record_helper_is_valid():
     assert example_from_record(record("x"), 3).steps[0].box == [0.1, 0.1, 0.3, 0.3]
+
+
+def test_freeze_vision_trains_the_language_model_only(records):
+    from lare.train.loop import make_optimizer
+
+    cfg = tiny_config("tiny-qwen3-vl", "direct", "train.freeze_vision=true", "train.lr=1e-2")
+    model = build_model(cfg, rank=0, world=1, device=torch.device("cpu"))
+    optimizer = make_optimizer(model, cfg)
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in held for p in model.vlm.model.visual.parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(build_batch([example_from_record(r, 3) for r in records], model.processor, cfg)).loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".visual." not in n for n in changed)
+    assert any(".language_model." in n for n in changed)
