@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
     import ray
 
-    from pipelines.io import ensure_ray
+    from lare.rayenv import ensure_ray
 
     started_here = not ray.is_initialized()
     ensure_ray(num_cpus=args.num_cpus)

@@ -33,7 +33,7 @@ EVAL_ROWS = 256  # per split (test and hard)
 def main(argv=None) -> dict:
     from lare.compare import Comparison, run
     from lare.config import load_config
-    from lare.train.tracking import resolve_uri
+    from lare.tracking import resolve_uri
 
     t0 = time.time()
     cfg = load_config(CONFIG).with_absolute_paths(ROOT)

@@ -124,7 +124,7 @@ def check_local_inputs(args) -> None:
 def _user_errors() -> tuple[type[Exception], ...]:
     from lare.eval.readers import BenchmarkFileError, MissingBenchmarkFiles
     from lare.eval.run import EvalError, ModelNotFound
-    from lare.train.tracking import TrackingUnavailable
+    from lare.tracking import TrackingUnavailable
 
     return ModelNotFound, MissingBenchmarkFiles, BenchmarkFileError, EvalError, TrackingUnavailable
 
@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
 def run(args) -> dict:
     from lare.eval.run import evaluate
     from lare.storage import redact
-    from lare.train.tracking import check_reachable, quick_client_env
+    from lare.tracking import check_reachable, quick_client_env
 
     check_local_inputs(args)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -156,7 +156,7 @@ def run(args) -> dict:
     if not args.no_ray:
         import ray
 
-        from pipelines.io import ensure_ray
+        from lare.rayenv import ensure_ray
 
         started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
         if started_here:  # local Ray: its workers import lare from this checkout

@@ -56,7 +56,7 @@ def stage_a(args, out: Path) -> dict:
 
     from lare.pretrain import StageA, stage_a_per_worker
     from lare.train.launch import worker_env_vars
-    from lare.train.tracking import open_run, resolve_uri
+    from lare.tracking import open_run, resolve_uri
 
     cfg = load_config(None, ["model.backbone=tiny-qwen3-vl", "train.cpus_per_worker=2",
                              f"train.experiment=pretrain-stage-a-seed{args.seed}", f"tracking.uri={_tracking(args)}"])
@@ -81,7 +81,7 @@ def stage_a(args, out: Path) -> dict:
 def stage_b(args, out: Path) -> dict:
     from lare.storage import redact
     from lare.train.launch import make_trainer, prepare_data, storage
-    from lare.train.tracking import open_run, resolve_uri
+    from lare.tracking import open_run, resolve_uri
 
     try:
         cfg = load_config(STAGE_B_CONFIG, [f"model.backbone={out / 'stage_a'}", f"data.traces_dir={out / 'traces'}",
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     import ray
 
-    from pipelines.io import ensure_ray
+    from lare.rayenv import ensure_ray
 
     started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if started_here:

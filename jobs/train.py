@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
 
     check_resume_from(args.resume_from)
     check_traces(cfg, args.config, args.build_data)
-    from lare.train.tracking import TrackingUnavailable, check_reachable, open_run, resolve_uri
+    from lare.tracking import TrackingUnavailable, check_reachable, open_run, resolve_uri
 
     uri = resolve_uri(cfg) if cfg.tracking.enabled else ""
     if uri:
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
     import ray
 
     from lare.train.launch import make_trainer, prepare_data, storage
-    from pipelines.io import ensure_ray
+    from lare.rayenv import ensure_ray
 
     started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if started_here:  # workers of a Ray started here import the project from this checkout

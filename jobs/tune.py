@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {e}") from None
     name = args.name or f"{base.train.experiment}-tune"
 
-    from lare.train.tracking import check_reachable, open_run, resolve_uri
+    from lare.tracking import check_reachable, open_run, resolve_uri
 
     uri = resolve_uri(base) if base.tracking.enabled else ""
     if uri:
@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
     from ray.tune.search import BasicVariantGenerator
 
     from lare.train.launch import make_trainer, prepare_data, storage
-    from pipelines.io import ensure_ray
+    from lare.rayenv import ensure_ray
 
     started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if started_here:
@@ -151,7 +151,7 @@ def _tune_storage(sweep_root: str):
 def _log_best(uri: str, parent: str, summary: dict) -> None:
     import tempfile
 
-    from lare.train.tracking import RunLogger, sanitize
+    from lare.tracking import RunLogger, sanitize
 
     logger = RunLogger(uri, parent, system_metrics=False)
     logger.metrics(0, {f"best_{METRIC}": summary[f"best_{METRIC}"]})

@@ -56,17 +56,11 @@ def _load_image(rec: dict, where: str) -> Image.Image:
     if isinstance(data, Image.Image):
         return data.convert("RGB")
     if data is None and uri:
-        try:
-            if "://" in str(uri):
-                import pyarrow.fs as pafs
+        from lare.storage import read_bytes
 
-                fs, path = pafs.FileSystem.from_uri(str(uri))
-                with fs.open_input_file(path) as f:
-                    data = f.read()
-            else:
-                with open(uri, "rb") as f:
-                    data = f.read()
-        except OSError as e:
+        try:
+            data = read_bytes(str(uri))
+        except (OSError, ValueError) as e:
             raise TraceError(f"{where}: field 'image_uri': cannot read {uri!r}: {e}") from None
     if data is None or len(data) == 0:
         raise TraceError(f"{where}: field 'image': no image (neither image bytes nor image_uri)")

@@ -73,7 +73,7 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
         from lare.config import load_config
         from lare.eval.run import evaluate_model
         from lare.train.launch import make_trainer, storage
-        from lare.train.tracking import RunLogger, open_run
+        from lare.tracking import RunLogger, open_run
 
         torch.set_num_threads(1)
         variant, seed = params["run"]["variant"], params["run"]["seed"]
@@ -244,7 +244,7 @@ def markdown(result: dict) -> str:
 
 def printed_numbers(result: dict) -> dict[str, float]:
     """Every number print_report shows, as MLflow metric names (the parent run holds the whole table)."""
-    from lare.train.tracking import sanitize
+    from lare.tracking import sanitize
 
     out = {k: v for k, v in result["headline"].items() if isinstance(v, (int, float))}
     for key, row in result["analysis"]["table"].items():
@@ -273,7 +273,7 @@ def resolve(args: Comparison):
     """(the base config every run starts from, the traces, the overrides every run gets, the comparison's folder,
     the tracking URI): the same for running the grid and for reporting on it."""
     from lare.config import load_config
-    from lare.train.tracking import resolve_uri
+    from lare.tracking import resolve_uri
 
     given = args.traces or load_config(args.config, args.overrides).data.traces_dir
     traces = given if "://" in given else str(Path(given).resolve())
@@ -289,8 +289,8 @@ def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None)
     from ray import tune
 
     from lare.train.launch import prepare_data
-    from lare.train.tracking import open_run
-    from pipelines.io import ensure_ray
+    from lare.tracking import open_run
+    from lare.rayenv import ensure_ray
 
     t0 = time.time()
     base, traces, overrides, root, uri = resolve(args)
@@ -334,7 +334,7 @@ def finished_trials(root: str, args: Comparison) -> list[dict]:
 def report(args: Comparison, trials: list[dict], traces: str, overrides: list[str], num_rows: int, failed: list[str],
            uri: str, parent: str, out: Path | None, t0: float) -> dict:
     """Analyse the finished trials, print the table, write it to `out` and to the MLflow parent run."""
-    from lare.train.tracking import RunLogger
+    from lare.tracking import RunLogger
 
     index = row_index(traces)
     analysis = analyse(trials, index, args.bootstrap)

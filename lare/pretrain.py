@@ -260,7 +260,7 @@ def stage_a_per_worker(loop_config: dict) -> None:
             start = load_stage_a(d, vlm, probe, optimizer)
     logger = None
     if loop_config.get("mlflow_run_id"):
-        from lare.train.tracking import RunLogger
+        from lare.tracking import RunLogger
 
         logger = RunLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], resumed=restored is not None)
 
@@ -330,7 +330,7 @@ def grounding_probes(model_dir, *, seed: int, rows: int = 192, batch_size: int =
     from lare.batch import build_batch
     from lare.model import LaReModel
     from lare.processor import parse_box
-    from lare.train.validate import answers_match
+    from lare.answers import answers_match
     from pipelines.sources.refocus import generate
 
     model = LaReModel.from_pretrained(model_dir)

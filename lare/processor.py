@@ -19,6 +19,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from lare.answers import answer_span
+
 LARE_START, LARE_LATENT, LARE_END = "<|lare_start|>", "<|lare_latent|>", "<|lare_end|>"
 LARE_TOKENS = [LARE_START, LARE_LATENT, LARE_END]
 # The Qwen-VL specials the prompt layout relies on (real Qwen tokenizers already have them).
@@ -189,12 +191,8 @@ class LaReProcessor:
 
     @staticmethod
     def extract_answer(text: str) -> str:
-        """The answer from generated text: what follows the last 'Answer:' up to the end marker."""
-        text = text.split("<|im_end|>")[0]
-        if "Answer:" in text:
-            text = text.rsplit("Answer:", 1)[1]
-        text = re.sub(r"<\|[a-z_]+\|>", " ", text)
-        return text.strip().strip(".").strip()
+        """The answer from generated text (lare.answers.answer_span), without a closing full stop."""
+        return answer_span(text).strip(".").strip()
 
     # ---- persistence ----------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:

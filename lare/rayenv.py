@@ -1,6 +1,6 @@
 """The environment LaRe starts Ray's processes with: every socket on 127.0.0.1, and no secret in Ray's logs.
 
-Loopback (a Ray started by a job through pipelines.io.ensure_ray, and the head of infra/local/stack.py):
+Loopback (a Ray started by a job through ensure_ray below, and the head of infra/local/stack.py):
 - Ray binds its gRPC servers (GCS, raylet, object manager, every worker and driver) to 127.0.0.1 only when the node IP
   is exactly 127.0.0.1, else to the wildcard address. It rewrites 127.0.0.1 to the machine's own address unless
   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set *before* `import ray` in that process; apply() also corrects the
@@ -74,6 +74,33 @@ def apply() -> dict:
         constants.ENABLE_RAY_CLUSTER = False
     worker_setup()
     return {"_node_ip_address": HOST}
+
+
+def ensure_ray(num_cpus: int | None = None, **init_kwargs) -> None:
+    """Use the Ray already initialised; else connect to RAY_ADDRESS when set; else start a local Ray on 127.0.0.1
+    only (a bare ray.init() could attach to someone else's cluster on this machine). Every job starts Ray here.
+
+    Its workers inherit this process's environment, credentials included (never passed through runtime_env, which
+    Ray logs). init_kwargs go to ray.init (e.g. _temp_dir, log_to_driver, object_store_memory)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: lare/ and pipelines/
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        # A cluster on this machine's loopback (the local stack): this driver must stay on loopback too.
+        loopback = apply() if is_loopback(address_host(address)) else {}
+        # Workers on other machines get this checkout's packages shipped with the job (whatever is installed there).
+        packages = [os.path.join(root, p) for p in ("lare", "pipelines") if os.path.isdir(os.path.join(root, p))]
+        ray.init(address=address, runtime_env={"py_modules": packages}, **{**loopback, **init_kwargs})
+        return
+    loopback = apply()  # before ray.init: the raylet and every worker inherit the environment
+    # Local workers inherit the environment: the packages import from any working directory, installed or not.
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root] + paths)
+    ray.init(address="local", num_cpus=num_cpus, **{"include_dashboard": False, **loopback, **init_kwargs})
 
 
 # ---- secrets ------------------------------------------------------------------------------------------------------
@@ -166,7 +193,6 @@ def _patch_rendezvous(rendezvous) -> None:
 
     create_store._lare_loopback = True
     rendezvous._create_c10d_store = create_store
-
 
 
 if __name__ == "__main__":  # `eval "$(python -m lare.rayenv)"` before a `ray start --node-ip-address=127.0.0.1` by hand

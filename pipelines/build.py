@@ -26,6 +26,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from lare.cli import UserError
+from lare.rayenv import ensure_ray
 from lare.storage import public_uri, resolve
 from pipelines import io
 from pipelines.process import RAW_SCHEMA, process_batch, raw_table, row_digest
@@ -277,7 +278,7 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
     max_reject_fraction; BuildInputError or OutputNotEmpty (user errors) before any row is processed."""
     if int(seed) < 0:
         raise BuildInputError(f"seed must be >= 0, got {seed}")
-    io.ensure_ray()
+    ensure_ray()
     t0 = time.time()
     opts = resolve_options(source, options)
     src = get_source(source)

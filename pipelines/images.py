@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from lare import storage
 from pipelines.validate import Reject
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -88,12 +89,7 @@ def _uri_in_root(root: str, path: str) -> str:
 def read_bytes(path: str) -> bytes:
     """A local path or a URI (s3://...) to bytes; any failure is a Reject naming the file."""
     try:
-        if "://" in path:
-            from lare.storage import read_bytes as read_uri
-
-            return read_uri(path)
-        with open(path, "rb") as f:
-            return f.read()
+        return storage.read_bytes(path)
     except (OSError, ValueError) as e:  # pyarrow raises OSError/FileNotFoundError subclasses
         raise Reject("image_unreadable", f"cannot read image file {path}: {e}") from None
 

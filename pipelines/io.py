@@ -9,7 +9,6 @@ Layout of a build: OUT/<split>/part-*.parquet, OUT/rejects/part-*.parquet, OUT/m
 """
 
 import json
-import os
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -20,7 +19,7 @@ from pipelines.schema import REJECT_SCHEMA, TRACE_SCHEMA
 
 
 def read_traces(path_or_uri: str, split: str, filesystem: pafs.FileSystem | None = None):
-    """One split of a build as a Ray Dataset (Ray must be initialised, see ensure_ray)."""
+    """One split of a build as a Ray Dataset (Ray must be initialised: lare.rayenv.ensure_ray)."""
     import ray.data
 
     fs, root = resolve(path_or_uri, filesystem)
@@ -42,6 +41,12 @@ def read_manifest(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -
         return json.loads(f.read())
 
 
+def read_trace_file(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> pa.Table:
+    """One trace Parquet file, read against the trace schema (a file of other columns fails here, by name)."""
+    fs, path = resolve(path_or_uri, filesystem)
+    return pq.read_table(path, filesystem=fs, schema=TRACE_SCHEMA)
+
+
 def _read_dir(path_or_uri, folder, schema, filesystem):
     fs, root = resolve(path_or_uri, filesystem)
     info = fs.get_file_info(pafs.FileSelector(f"{root}/{folder}", allow_not_found=True))
@@ -49,34 +54,3 @@ def _read_dir(path_or_uri, folder, schema, filesystem):
     if not files:
         return schema.empty_table()
     return pa.concat_tables([pq.read_table(f, filesystem=fs, schema=schema) for f in files])
-
-
-def ensure_ray(num_cpus: int | None = None, **init_kwargs):
-    """Use the Ray already initialised; else connect to RAY_ADDRESS when set; else start a local Ray
-    on 127.0.0.1 only (a bare ray.init() could attach to someone else's cluster on this machine).
-
-    The local Ray listens on 127.0.0.1 only, torch.distributed's store and gloo inside it too, and its workers
-    inherit this process's environment, credentials included (never passed through runtime_env, which Ray
-    logs): lare.rayenv. init_kwargs go to ray.init (e.g. _temp_dir, log_to_driver, object_store_memory)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    from lare import rayenv
-
-    package_dir = os.path.dirname(os.path.abspath(__file__))
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        # A cluster on this machine's loopback (the local stack): this driver must stay on loopback too.
-        loopback = rayenv.apply() if rayenv.is_loopback(rayenv.address_host(address)) else {}
-        # Workers on other machines get this package shipped with the job (whatever is installed there).
-        ray.init(address=address, runtime_env={"py_modules": [package_dir]}, **{**loopback, **init_kwargs})
-    else:
-        loopback = rayenv.apply()  # before ray.init: the raylet and every worker inherit the environment
-        # Local workers inherit the environment: make `pipelines` importable from any working directory
-        # even when the project is not pip-installed.
-        root = os.path.dirname(package_dir)
-        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        if root not in paths:
-            os.environ["PYTHONPATH"] = os.pathsep.join([root] + paths)
-        ray.init(address="local", num_cpus=num_cpus, **{"include_dashboard": False, **loopback, **init_kwargs})

@@ -64,7 +64,7 @@ def ray_session():
         yield ray
         return
     tmp = tempfile.mkdtemp(prefix="lr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    from pipelines.io import ensure_ray
+    from lare.rayenv import ensure_ray
 
     ensure_ray(num_cpus=6, _temp_dir=tmp, log_to_driver=False)  # the jobs' own start-up: every socket on loopback
     yield ray

@@ -3,14 +3,13 @@
 A model's reply rarely is just "B" or "yes": it says "(B)", "B. a red star", "The answer is B", "No, there is
 none", or the option text itself. These rules turn such replies into what a scorer compares with the gold answer.
 
-- `answer_span`: the part of a reply that holds the answer. LaRe models end with "Answer: X" (lare/processor.py),
-  so only what follows the last "Answer:" counts, as in `LaReProcessor.extract_answer`.
+- `answer_span` and `normalize_answer` (lare/answers.py, shared with training's validation): the part of a reply
+  after its last "Answer:", and open answers VQA-style (lower case, no punctuation or articles, number words as digits).
 - `extract_choice`: a multiple-choice letter. VLMEvalKit's rule-based matcher (`can_infer`: a lone option letter,
   else a unique option text) extended with the explicit forms harnesses' regexes accept ("(C)", "C.", "Answer: C",
   "the answer is C", "option C"), lower-case letters where they cannot be an English word, and ambiguity -> None.
   No LLM judge and no random fallback: an unreadable reply is wrong.
 - `extract_yes_no`: POPE. See the function for the convention.
-- `normalize_answer`: open answers, VQA-style (lower case, no punctuation or articles, number words as digits).
 """
 
 from __future__ import annotations
@@ -18,45 +17,7 @@ from __future__ import annotations
 import re
 import string
 
-_SPECIAL = re.compile(r"<\|[a-z_]+\|>")
-_ANSWER_MARK = re.compile(r"\banswer\s*:", re.IGNORECASE)
-
-
-def answer_span(text: str | None) -> str:
-    """What follows the last "Answer:" (any case), before <|im_end|>, special tokens removed."""
-    if not text:
-        return ""
-    text = text.split("<|im_end|>")[0]
-    marks = list(_ANSWER_MARK.finditer(text))
-    if marks:
-        text = text[marks[-1].end():]
-    return _SPECIAL.sub(" ", text).strip()
-
-
-# ---------------------------------------------------------------------------------------------
-# Open answers
-
-_ARTICLES = {"a", "an", "the"}
-NUMBER_WORDS = {
-    "zero": "0", "none": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13",
-    "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19",
-    "twenty": "20",
-}
-
-
-def normalize_answer(text: str | None) -> str:
-    """Lower case; punctuation, articles and extra spaces dropped; number words as digits ("Two." -> "2").
-
-    Decimal points and thousands separators inside numbers survive ("3.5", "1,000" -> "1000"), so numbers
-    compare as numbers; every other punctuation mark becomes a space ("top-left" -> "top left")."""
-    text = (text or "").lower()
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
-    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)
-    text = "".join(" " if ch in string.punctuation and ch != "." else ch for ch in text)
-    words = [NUMBER_WORDS.get(w, w) for w in text.split() if w not in _ARTICLES]
-    return " ".join(words)
-
+from lare.answers import NUMBER_WORDS, answer_span, normalize_answer  # noqa: F401  (the eval API names them)
 
 # ---------------------------------------------------------------------------------------------
 # Yes / no (POPE)

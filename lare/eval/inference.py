@@ -313,7 +313,7 @@ def run_inference(model, items: list[EvalItem], *, ablations: Sequence[str] = ("
         import ray
 
         from lare.storage import worker_env
-        from pipelines.io import ensure_ray
+        from lare.rayenv import ensure_ray
 
         ensure_ray()  # a Ray already up (or $RAY_ADDRESS) is used; never a bare ray.init() onto someone else's cluster
 

@@ -399,13 +399,27 @@ def _refocus_files(root: Path) -> list[Path]:
     return []
 
 
+def _read_trace_rows(files: list[Path]) -> list[dict]:
+    """The rows of trace Parquet files, through the pipelines' own reader; each row remembers its file."""
+    from pipelines.io import read_trace_file
+
+    rows = []
+    for f in files:
+        try:
+            table = read_trace_file(str(f))
+        except Exception as e:  # pyarrow raises several types for a file that is not trace Parquet
+            raise BenchmarkFileError(f"{f}: not a readable trace Parquet file ({e})") from None
+        rows.extend({**r, "_file": f} for r in table.to_pylist())
+    return rows
+
+
 def _read_refocus(root: Path) -> list[EvalItem]:
     files = _refocus_files(root)
     if not files:
         raise MissingBenchmarkFiles(
             f"refocus: no trace Parquet under {root}: expected {root}/refocus/{{test,hard}}/*.parquet (or a folder of "
             f".parquet files). Build it: python jobs/build_data.py (the refocus source is generated locally).")
-    rows = read_parquet(files)
+    rows = _read_trace_rows(files)
     sources = {r.get("source") for r in rows}
     rows = [r for r in rows if r.get("source", "refocus") == "refocus"]  # a build may mix sources in one split
     if not rows:
@@ -440,15 +454,11 @@ def _read_refocus(root: Path) -> list[EvalItem]:
 
 
 def _read_uri(uri: str, at: str) -> bytes:
-    try:
-        if "://" in uri:
-            import pyarrow.fs as pafs
+    from lare.storage import read_bytes
 
-            fs, p = pafs.FileSystem.from_uri(uri)
-            with fs.open_input_file(p) as f:
-                return f.read()
-        return Path(uri).read_bytes()
-    except OSError as e:
+    try:
+        return read_bytes(uri)
+    except (OSError, ValueError) as e:
         raise BenchmarkFileError(f"{at}: column 'image_uri': cannot read {uri!r} ({e})") from None
 
 

@@ -143,7 +143,7 @@ def mlflow_metrics(results: list[dict], prefix_model: bool) -> dict[str, float]:
     """Metric name -> value: `[<model>/]<ablation>/<benchmark>/accuracy` (the headline), `.../tokens_<bucket>`,
     `.../latency_ms`, and every numeric leaf of the scoring dict under `.../score/`. Names are sanitised for
     MLflow (category names hold spaces, '&', parentheses)."""
-    from lare.train.tracking import sanitize
+    from lare.tracking import sanitize
 
     out = {}
     for r in results:

@@ -24,7 +24,7 @@ from typing import Sequence
 from lare.eval.inference import ModelNotFound, applicable, read_model_config, run_inference  # noqa: F401 (re-exported)
 from lare.eval.readers import BENCHMARKS, EvalItem, MissingBenchmarkFiles, expand_circular, read_benchmark
 from lare.eval.report import mlflow_metrics, summarize, write_reports
-from lare.train.tracking import redact_text as redact  # URI user info, query-string and env credentials
+from lare.storage import redact  # URI user info, query-string and env credentials
 
 log = logging.getLogger("lare.eval")
 
@@ -199,7 +199,7 @@ def log_to_mlflow(uri: str, run_id: str, existed: bool, out: Path, results: list
                   models: list[ModelSpec]) -> None:
     from mlflow.entities import Param
 
-    from lare.train.tracking import RunLogger, sanitize
+    from lare.tracking import RunLogger, sanitize
 
     logger = RunLogger(uri, run_id, system_metrics=False)
     if not existed:  # an existing run may hold these names already, and MLflow refuses to change a param

@@ -116,7 +116,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     logger = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
-        from lare.train.tracking import RunLogger
+        from lare.tracking import RunLogger
 
         logger = RunLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], resumed=restored is not None)
 
@@ -233,7 +233,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     full = checkpoint.full_model_state(model)
     export_uri = ""
     if rank == 0:
-        from lare.train.tracking import redact_text, redacted_config
+        from lare.storage import redact
+        from lare.tracking import redacted_config
 
         public = redacted_config(cfg)  # lare_config.json and config.yaml hold no credential (as the params)
         export_uri = loop_config["export_uri"]
@@ -251,7 +252,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 logger.artifacts(Path(tmp) / "config.yaml")
                 logger.artifacts(table)
                 if loop_config.get("manifest"):
-                    (Path(tmp) / "manifest.json").write_text(redact_text(loop_config["manifest"]))
+                    (Path(tmp) / "manifest.json").write_text(redact(loop_config["manifest"]))
                     logger.artifacts(Path(tmp) / "manifest.json", "data")
                 logger.artifacts(Path(tmp) / "model", "model")
         if logger:

@@ -12,14 +12,9 @@ import torch
 import torch.distributed as dist
 
 from lare.batch import Example, build_batch
+from lare.answers import answers_match
 from lare.config import Config
 from lare.train.parallel import reshard
-
-
-def answers_match(prediction: str, gold: str) -> bool:
-    from lare.eval.extract import normalize_answer
-
-    return normalize_answer(prediction) == normalize_answer(gold)
 
 
 @torch.no_grad()

@@ -86,5 +86,5 @@ def test_answer_span_agrees_with_the_processor():
     from lare.processor import LaReProcessor
 
     for reply in ["Find the star.\nAnswer: red<|im_end|>", "Answer: 2.", "<|lare_end|>Answer: yes<|im_end|><|endoftext|>",
-                  "no marker here", "Answer: A. Answer: B"]:
+                  "no marker here", "Answer: A. Answer: B", "answer: Red."]:
         assert answer_span(reply).strip(".") == LaReProcessor.extract_answer(reply)

@@ -1,7 +1,7 @@
 """Nothing a job's Ray opens listens beyond loopback: GCS, raylet, object manager, agents, every worker, and the
 torch.distributed store and gloo pairs of a 2-worker Ray Train run.
 
-The driver is a fresh process started the way the jobs start Ray (pipelines.io.ensure_ray, with `ray` imported
+The driver is a fresh process started the way the jobs start Ray (lare.rayenv.ensure_ray, with `ray` imported
 before it, as pipelines.build does), from an environment without any of the loopback settings: ensure_ray must
 set them itself. Every process it started is its descendant (or names its Ray temp dir); while the run is alive,
 their TCP listeners are read from /proc (sockets of /proc/PID/fd in /proc/net/tcp{,6}).
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import ray  # before ensure_ray: its constants are read at import, without the loopback setting
 
-from pipelines.io import ensure_ray
+from lare.rayenv import ensure_ray
 
 out = Path(sys.argv[1])
 ensure_ray(num_cpus=4, log_to_driver=False)

@@ -231,7 +231,8 @@ def test_redaction_covers_every_form(monkeypatch):
     """User info (a '/' in the password too), query-string credentials, presigned URLs, credential-named fields,
     and the values of the environment's credential variables wherever they appear."""
     from lare.config import load_config
-    from lare.train.tracking import flat_params, redact_obj, redact_text, redacted_config
+    from lare.storage import redact as redact_text, redact_obj
+    from lare.tracking import flat_params, redacted_config
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-from-the-env-42")
     cases = {

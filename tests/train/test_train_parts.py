@@ -79,7 +79,7 @@ def test_curriculum_and_schedule():
 def test_tracking_outage_mid_run_is_survived(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from lare.train.tracking import RunLogger
+    from lare.tracking import RunLogger
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from lare.config import Config
-from lare.storage import read_text, redact_obj, write_text
-from lare.storage import redact as redact_text
+from lare.storage import read_text, redact, redact_obj, write_text
 
 log = logging.getLogger("lare.tracking")
 
@@ -46,7 +45,7 @@ def check_reachable(uri: str, timeout: float) -> None:
                 error = e
             time.sleep(0.5)
         raise TrackingUnavailable(
-            f"MLflow tracking server {redact_text(uri)} did not answer within {timeout:.0f}s ({redact_text(error)}). Start it "
+            f"MLflow tracking server {redact(uri)} did not answer within {timeout:.0f}s ({redact(error)}). Start it "
             "(`make up` starts one on 127.0.0.1) or point tracking.uri / MLFLOW_TRACKING_URI at a running one; "
             "tracking.enabled=false trains without tracking.")
     if uri.startswith("sqlite:///"):
@@ -83,7 +82,7 @@ def redacted_config(cfg: Config) -> Config:
 
 
 def flat_params(cfg: Config) -> dict[str, str]:
-    return {sanitize(k): redact_text(v)[:6000] for k, v in redacted_config(cfg).flat().items()}
+    return {sanitize(k): redact(v)[:6000] for k, v in redacted_config(cfg).flat().items()}
 
 
 def experiment_id(client, cfg: Config, uri: str, name: str | None = None) -> str:
@@ -136,7 +135,7 @@ class RunLogger:
         from mlflow.tracking import MlflowClient
 
         self.uri, self.run_id = uri, run_id
-        if redact_text(uri) != uri:  # MLflow prints "View run ... at: <tracking URI>/..." when a run ends
+        if redact(uri) != uri:  # MLflow prints "View run ... at: <tracking URI>/..." when a run ends
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.client = MlflowClient(uri)
         self.pending: list = []
