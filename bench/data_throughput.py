@@ -19,7 +19,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SOURCES = {  # options that give `rows` records from each source
     "refocus": lambda n: {"num_train": n, "num_val": 0, "num_test": 0, "num_hard": 0},
@@ -59,10 +58,7 @@ def plain_loop(source: str, rows: int) -> dict:
 
 def tree_cpu_seconds() -> float:
     """CPU seconds used so far by this process and all its descendants (Ray's raylet, GCS, workers...)."""
-    import ray
-
-    sys.path.insert(0, os.path.join(os.path.dirname(ray.__file__), "thirdparty_files"))
-    import psutil  # vendored by Ray
+    import psutil
 
     me = psutil.Process()
     total = 0.0
@@ -97,7 +93,7 @@ def ray_run(source: str, rows: int, num_cpus: int) -> dict:
 
 
 def in_subprocess(source: str, rows: int, num_cpus: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=ROOT,
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
                RAY_DATA_DISABLE_PROGRESS_BARS="1")
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, __file__, "--child", source, str(rows), str(num_cpus)]

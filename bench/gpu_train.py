@@ -17,23 +17,20 @@ import io
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from lare.batch import build_batch, example_from_record  # noqa: E402
-from lare.config import load_config  # noqa: E402
-from lare.train.parallel import build_model  # noqa: E402
+from lare.batch import build_batch, example_from_record
+from lare.config import load_config
+from lare.train.parallel import build_model
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, per GPU
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "gpu_train.json"
 
 

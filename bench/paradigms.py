@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
+from lare.cli import add_job_flags, main_guard, run_cli, start
+from lare.compare import VARIANTS, Comparison, analyse_only, run
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-
-from lare.compare import VARIANTS, Comparison, analyse_only, run  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results" / "paradigms.json"
 
 
@@ -51,18 +46,21 @@ def parse_args(argv=None) -> tuple[Comparison, Path, bool]:
     ap.add_argument("--analyse-only", action="store_true", help="report the trials finished so far; train nothing")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples per interval")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    add_job_flags(ap)
     a = ap.parse_args(argv)
-    out, only = a.out, a.analyse_only
-    fields = {k: v for k, v in vars(a).items() if k not in ("out", "analyse_only")}
-    return Comparison(**fields), out, only
+    fields = {k: v for k, v in vars(a).items() if k not in ("out", "analyse_only", "debug", "verbose")}
+    return Comparison(**fields), a
 
 
+@main_guard
 def main(argv=None) -> dict:
-    comparison, out, only = parse_args(argv)
-    result = analyse_only(comparison, out) if only else run(comparison, out)
-    print(f"wrote {out}")
+    comparison, a = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # two trials at once on 2 cores: one thread each
+    start(a.verbose)
+    result = analyse_only(comparison, a.out) if a.analyse_only else run(comparison, a.out, verbose=a.verbose)
+    print(f"wrote {a.out}")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

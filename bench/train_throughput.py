@@ -16,12 +16,10 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -30,7 +28,7 @@ RESULTS = ROOT / "bench" / "results" / "train_throughput.json"
 
 
 def run(paradigm: str, workers: int, traces: str, tmp: Path, args) -> dict:
-    import jobs.train as train_job
+    import lare.jobs.train as train_job
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from lare.boxes import BoxError, box_token_mask, check_box, crop_box
-from lare.config import Config
+from lare.config import LATENT_PARADIGMS, Config
 from lare.processor import LaReProcessor
 
 IGNORE = -100
@@ -157,7 +157,7 @@ def _region_pixels(image: Image.Image, box, size: int) -> torch.Tensor:
 def slots_at_stage(cfg: Config, stage: int | None) -> int:
     """The latent block width every batch of a stage gets, whatever its traces: under FSDP all ranks must
     run the same number of latent forwards."""
-    if cfg.method.paradigm not in ("latent", "lare"):
+    if cfg.method.paradigm not in LATENT_PARADIGMS:
         return 0
     if stage is None or stage >= cfg.final_stage:
         return cfg.method.latent_steps
@@ -169,7 +169,7 @@ def build_batch(examples: list[Example], processor: LaReProcessor, cfg: Config,
     """Lay out a batch for cfg.method.paradigm. prompt_only: just the prefix (generation adds the rest).
     fixed_slots: the latent block is slots_at_stage() wide even when this batch's traces need fewer."""
     paradigm = cfg.method.paradigm
-    latent_mode = paradigm in ("latent", "lare")
+    latent_mode = paradigm in LATENT_PARADIGMS
     p = processor
     pv, grids = p.images([ex.image for ex in examples])
     n_vis = p.num_visual_tokens(grids)

@@ -62,7 +62,7 @@ def run_overrides(args, traces: str) -> list[str]:
 
 
 def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str, dataset, num_rows: int, manifest: dict,
-               traces: str):
+               traces: str, board=None):
     """The Tune trainable: train one (variant, seed) with the training job's trainer, evaluate its export, report."""
     config_path, driver_cwd = str(args.config.resolve()), os.getcwd()
 
@@ -72,7 +72,7 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
 
         from lare.config import load_config
         from lare.eval.run import evaluate_model
-        from lare.train.launch import make_trainer, storage
+        from lare.train.launch import make_plan, make_trainer, storage
         from lare.tracking import RunLogger, open_run
 
         torch.set_num_threads(1)
@@ -84,12 +84,12 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
                                         f"train.storage_path={root}/trials", f"tracking.run_name={experiment}"]
                           ).with_absolute_paths(driver_cwd)
         run_id = open_run(cfg, uri, f"{storage(cfg)[2]}/mlflow_run_id", parent_run_id=parent, experiment=args.name) if uri else ""
-        trainer, loop_config = make_trainer(cfg, dataset, num_rows, manifest=manifest, mlflow_uri=uri, mlflow_run_id=run_id,
-                                            validate=False, controller_failure_limit=0)
+        plan = make_plan(cfg, num_rows, manifest=manifest, mlflow_uri=uri, mlflow_run_id=run_id, validate=False,
+                         progress=board)
         t0 = time.time()
-        result = trainer.fit()
+        result = make_trainer(plan, dataset, controller_failure_limit=0).fit()
         train_s = time.time() - t0
-        evaluation = evaluate_model(loop_config["export_uri"], ["refocus"], traces, limit=args.eval_limit or None,
+        evaluation = evaluate_model(plan.export_uri, ["refocus"], traces, limit=args.eval_limit or None,
                                     batch_size=args.eval_batch, ablation=EVAL_ABLATIONS.get(variant, ["none"]))
         rows = [{"id": p["id"], "ablation": p["ablation"], "correct": bool(p["correct"]), "tokens": p["tokens"]}
                 for p in evaluation["predictions"]]
@@ -283,25 +283,21 @@ def resolve(args: Comparison):
     return base, traces, overrides, f"{Path(args.storage).resolve()}/{args.name}", uri
 
 
-def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None) -> dict:
+def run(args: Comparison, out: Path | None = None, verbose: bool = False) -> dict:
     """Run (or resume) the grid, analyse it, print the report; write it to `out` and to the MLflow parent run."""
-    import ray
     from ray import tune
 
-    from lare.train.launch import prepare_data
+    from lare.cli import ray_for
+    from lare.progress import LiveProgress
     from lare.tracking import open_run
-    from lare.rayenv import ensure_ray
+    from lare.train.launch import prepare_data
 
     t0 = time.time()
     base, traces, overrides, root, uri = resolve(args)
-    started_here = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
-    if started_here:
-        os.environ.setdefault("PYTHONPATH", str(root_dir or Path(__file__).resolve().parents[1]))
-    ensure_ray(num_cpus=(os.cpu_count() or 2) + 4)
-    try:
+    with ray_for((os.cpu_count() or 2) + 4, verbose), LiveProgress() as board:
         manifest, dataset, num_rows = prepare_data(base)
         parent = open_run(base, uri, f"{root}/mlflow_parent_run_id", experiment=args.name) if uri else ""
-        trial = make_trial(args, overrides, root, uri, parent, dataset, num_rows, manifest, traces)
+        trial = make_trial(args, overrides, root, uri, parent, dataset, num_rows, manifest, traces, board)
         # One grid over (seed, variant) pairs, every variant at a seed before the next seed: a comparison cut short
         # still compares every variant.
         space = {"run": tune.grid_search([{"variant": v, "seed": s} for s in range(args.seeds) for v in args.variants])}
@@ -313,9 +309,6 @@ def run(args: Comparison, out: Path | None = None, root_dir: Path | None = None)
                                tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent),
                                run_config=tune.RunConfig(name="grid", storage_path=root))
         results = tuner.fit()
-    finally:
-        if started_here:
-            ray.shutdown()
     failed = [str(r.error)[:300] for r in results if r.error]
     return report(args, finished_trials(root, args), traces, overrides, num_rows, failed, uri, parent, out, t0)
 

@@ -30,6 +30,7 @@ def opt(default: Any, help: str, **kw):
 
 
 PARADIGMS = ("direct", "text_cot", "crop", "latent", "lare")
+LATENT_PARADIGMS = ("latent", "lare")  # they reason in latent slots: the curriculum replaces their text steps
 
 
 @dataclass

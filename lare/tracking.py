@@ -85,15 +85,23 @@ def flat_params(cfg: Config) -> dict[str, str]:
     return {sanitize(k): redact(v)[:6000] for k, v in redacted_config(cfg).flat().items()}
 
 
-def experiment_id(client, cfg: Config, uri: str, name: str | None = None) -> str:
-    name = name or cfg.train.experiment
+def experiment_id(client, uri: str, name: str, artifact_location: str = "") -> str:
+    """The experiment called `name`, created when missing (with a SQLite store, its artifacts next to the database)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    artifacts = cfg.tracking.artifact_location or None
+    artifacts = artifact_location or None
     if artifacts is None and uri.startswith("sqlite:///"):
         artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return client.create_experiment(name, artifact_location=artifacts)
+
+
+def ui_hint(uri: str, experiment: str = "") -> str:
+    """How a person opens this run's tracking store (never with its credentials)."""
+    if not uri.startswith("sqlite"):
+        return f"MLflow UI: {redact(uri)}"
+    where = f"  (then open http://127.0.0.1:5000{', experiment ' + experiment if experiment else ''})"
+    return f"MLflow UI: mlflow ui --backend-store-uri {redact(uri)} --host 127.0.0.1 --port 5000{where}"
 
 
 def open_run(cfg: Config, uri: str, run_id_uri: str, parent_run_id: str = "", experiment: str | None = None) -> str:
@@ -103,7 +111,7 @@ def open_run(cfg: Config, uri: str, run_id_uri: str, parent_run_id: str = "", ex
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    exp_id = experiment_id(client, cfg, uri, experiment)
+    exp_id = experiment_id(client, uri, experiment or cfg.train.experiment, cfg.tracking.artifact_location)
     previous = (read_text(run_id_uri) or "").strip()
     if previous:
         try:

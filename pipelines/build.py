@@ -28,7 +28,6 @@ from ray.data.block import BlockAccessor
 from lare.cli import UserError
 from lare.rayenv import ensure_ray
 from lare.storage import public_uri, resolve
-from pipelines import io
 from pipelines.process import RAW_SCHEMA, process_batch, raw_table, row_digest
 from pipelines.schema import REJECT_SCHEMA, SCHEMA_VERSION, TRACE_SCHEMA
 from pipelines.sources import get_source

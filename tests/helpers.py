@@ -29,3 +29,30 @@ def tiny_config(backbone="tiny-qwen2.5-vl", paradigm="lare", *overrides):
     from lare.config import load_config
 
     return load_config(None, [f"model.backbone={backbone}", f"method.paradigm={paradigm}", *overrides])
+
+
+class FailOnce:
+    """A fault drill for jobs/train.py (a step hook, lare.train.plan): the last worker exits once, at `step`, but
+    only after Ray Train registered the last checkpoint. Ray's controller collects reports every few seconds; a
+    worker killed before that falls back to the one before (correct, but not the resume a test means to exercise)."""
+
+    def __init__(self, step: int, marker, timeout_s: float = 120.0):
+        self.step, self.marker, self.timeout_s = step, str(marker), timeout_s
+
+    def __call__(self, event) -> None:
+        import os
+        import time
+        from pathlib import Path
+
+        from lare.storage import read_text
+
+        if event.step != self.step or event.rank != event.world - 1 or Path(self.marker).exists():
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while event.last_checkpoint_step >= 0 and time.monotonic() < deadline:
+            snapshot = read_text(f"{event.plan.experiment_uri}/checkpoint_manager_snapshot.json") or ""
+            if f'"step_{event.last_checkpoint_step:07d}"' in snapshot:
+                break
+            time.sleep(0.5)
+        Path(self.marker).touch()  # once: the restarted worker goes on
+        os._exit(1)

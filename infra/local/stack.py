@@ -31,14 +31,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procs  # noqa: E402
+import procs  # beside this script (run as `python infra/local/stack.py`)
+from lare import rayenv  # the Ray settings the jobs use too (the project is installed: make install)
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))  # lare.rayenv: the Ray settings the jobs use too (standard library only)
-from lare import rayenv  # noqa: E402
-
 HOST = rayenv.HOST  # every server binds this address only
 BUCKET = "lare-dev"
 # moto accepts any credentials; these are the conventional dummies, not secrets.

@@ -333,7 +333,9 @@ def run_inference(model, items: list[EvalItem], *, ablations: Sequence[str] = ("
         predictor = ModelPredictor(uri, **kwargs) if uri else ModelPredictor(model=model, **kwargs)
         rows = []
         try:
-            for i in range(0, len(records), batch_size):
+            from tqdm import tqdm
+
+            for i in tqdm(range(0, len(records), batch_size), desc="evaluate", unit="batch", disable=None):
                 chunk = records[i:i + batch_size]
                 out = predictor({k: [r[k] for r in chunk] for k in ("benchmark", "id", "image", "question", "choices", "answer")})
                 rows += [dict(zip(out, values)) for values in zip(*out.values())]

@@ -184,14 +184,9 @@ def open_eval_run(uri: str, models: list[ModelSpec], run_id: str | None, name: s
         exp_id = client.get_run(parents[0]).info.experiment_id
         tags["mlflow.parentRunId"] = parents[0]
     else:
-        exp = client.get_experiment_by_name(EVAL_EXPERIMENT)
-        if exp is None:
-            artifacts = None
-            if uri.startswith("sqlite:///"):  # next to the database, as the training runs do
-                artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-            exp_id = client.create_experiment(EVAL_EXPERIMENT, artifact_location=artifacts)
-        else:
-            exp_id = exp.experiment_id
+        from lare.tracking import experiment_id
+
+        exp_id = experiment_id(client, uri, EVAL_EXPERIMENT)
     return client.create_run(exp_id, run_name=name, tags=tags).info.run_id, False
 
 

@@ -1,8 +1,7 @@
 """Checkpoints: sharded DCP state (model, optimizer) plus this rank's training position and RNG.
 
 Every rank writes into its own local directory; `ray.train.report` uploads them all into one checkpoint
-directory in storage (local or S3), where `dcp.load` finds the shards again. The final export is the
-HF-style directory of `LaReModel.save_pretrained`, loadable in one process without Ray.
+directory in storage (local or S3), where `dcp.load` finds the shards again. The final export: lare/train/export.py.
 """
 
 from __future__ import annotations
@@ -90,14 +89,3 @@ def full_model_state(model) -> dict[str, torch.Tensor]:
     """The whole model's weights on CPU, gathered on rank 0 (every rank must call it)."""
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-
-def export(full_state: dict[str, torch.Tensor], cfg, out_dir: Path) -> Path:
-    """Rank 0: the HF-style directory (backbone, processor, LaRe heads, lare_config.json)."""
-    from lare.model import LaReModel
-
-    model = LaReModel.build(cfg)
-    missing, unexpected = model.load_state_dict(full_state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"export: state does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.save_pretrained(out_dir)
-    return out_dir

@@ -18,6 +18,7 @@ from lare.config import Config
 from lare.storage import is_remote, redact, worker_env
 from lare.train.data import steps_per_epoch, training_dataset
 from lare.train.loop import train_loop_per_worker
+from lare.train.plan import RunPlan
 
 log = logging.getLogger("lare.train")
 
@@ -42,7 +43,7 @@ def ensure_traces(cfg: Config) -> dict:
         return manifest
     if cfg.data.source != "refocus" or is_remote(cfg.data.traces_dir) or cfg.data.mixture:
         raise SystemExit(f"error: no traces at {redact(cfg.data.traces_dir)}; build them first: "
-                         f"python jobs/build_data.py --source {cfg.data.source} --out {redact(cfg.data.traces_dir)}")
+                         f"lare-build-data --source {cfg.data.source} --out {redact(cfg.data.traces_dir)}")
     from pipelines.build import build_traces
 
     log.info("building the refocus traces into %s", cfg.data.traces_dir)
@@ -73,22 +74,22 @@ def worker_env_vars() -> dict[str, str]:
     return env
 
 
-def make_trainer(cfg: Config, dataset: ray.data.Dataset, num_rows: int, *, manifest: dict, mlflow_uri: str = "",
-                 mlflow_run_id: str = "", resume_from: str | None = None, validate: bool = True,
-                 fail_at_step: int | None = None, callbacks: list | None = None,
-                 controller_failure_limit: int = -1) -> tuple[TorchTrainer, dict]:
-    """(the trainer, the loop config it runs with)."""
-    storage_path, storage_fs, experiment_uri = storage(cfg)
-    loop_config = {
-        "config": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(num_rows, cfg), "mlflow_uri": mlflow_uri,
-        "mlflow_run_id": mlflow_run_id, "resume_from": resume_from, "validate": validate,
-        "experiment_uri": experiment_uri, "export_uri": f"{experiment_uri}/export", "manifest": json.dumps(manifest, indent=1, default=str),
-        "fail_at_step": fail_at_step,
-        "fail_marker": str(Path(storage_path if storage_fs is None else "/tmp") / f".{cfg.train.experiment}.failed-once"),
-    }
-    trainer = TorchTrainer(
+def make_plan(cfg: Config, num_rows: int, *, manifest: dict, mlflow_uri: str = "", mlflow_run_id: str = "",
+              resume_from: str | None = None, validate: bool = True, step_hooks=(), progress=None) -> RunPlan:
+    """The run as every worker will see it, decided here once: the config, the schedule's length, where it lives."""
+    return RunPlan(config=cfg, steps_per_epoch=steps_per_epoch(num_rows, cfg), experiment_uri=storage(cfg)[2],
+                   manifest=json.dumps(manifest, indent=1, default=str), mlflow_uri=mlflow_uri,
+                   mlflow_run_id=mlflow_run_id, resume_from=resume_from, validate=validate, step_hooks=tuple(step_hooks),
+                   progress=progress)
+
+
+def make_trainer(plan: RunPlan, dataset: ray.data.Dataset, *, callbacks: list | None = None,
+                 controller_failure_limit: int = -1) -> TorchTrainer:
+    cfg = plan.config
+    storage_path, storage_fs, _ = storage(cfg)
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=max(1, cfg.train.num_workers), use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
@@ -103,7 +104,6 @@ def make_trainer(cfg: Config, dataset: ray.data.Dataset, num_rows: int, *, manif
         dataset_config=DataConfig(datasets_to_split=["train"],
                                   execution_options=ray.data.DataContext.get_current().execution_options),
     )
-    return trainer, loop_config
 
 
 def prepare_data(cfg: Config) -> tuple[dict, ray.data.Dataset, int]:

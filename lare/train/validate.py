@@ -49,3 +49,20 @@ def validate(model, examples: list[Example], cfg: Config, rank: int, world: int,
     model.train(was_training)
     n = max(counted, 1)
     return {"val_accuracy": 100.0 * correct / n, "val_mean_tokens": tokens / n, "val_n": counted}, rows
+
+
+class Validation:
+    """Validation during a run: the latest metrics, and rank 0's rows (the run's validation table)."""
+
+    def __init__(self, examples: list[Example], cfg: Config, rank: int, world: int, device):
+        self.examples, self.cfg, self.rank, self.world, self.device = examples, cfg, rank, world, device
+        self.metrics: dict = {}
+        self.rows: list[dict] = []
+
+    def run(self, model, step: int, reporter) -> None:
+        if not self.examples:
+            return
+        self.metrics, rows = validate(model, self.examples, self.cfg, self.rank, self.world, self.device)
+        if self.rank == 0:
+            self.rows = rows
+        reporter.validation(step, self.metrics)

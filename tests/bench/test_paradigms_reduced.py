@@ -3,18 +3,14 @@ the comparison's plumbing (training through the job, evaluation on test and hard
 intervals and paired differences, the JSON keys, resuming), not the accuracies, which need the full run."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def test_reduced_paradigm_comparison(tmp_path, ray_session):
-    import paradigms
+    from bench import paradigms
 
     from pipelines.build import build_traces
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-import jobs.evaluate as eval_job
+import lare.jobs.evaluate as eval_job
 from lare.config import load_config
 from lare.eval.readers import EvalItem
 from lare.eval.scoring import PROTOCOLS

@@ -14,8 +14,7 @@ import yaml
 
 from infra_helpers import KUBERAY_SCHEMAS, REPO
 
-sys.path.insert(0, str(REPO / "infra" / "k8s"))
-import check  # noqa: E402
+from infra.k8s import check
 
 K8S = REPO / "infra" / "k8s"
 OVERLAYS = {"dev": "lare-dev", "prod": "lare"}

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from infra_helpers import REPO, run_stack
+from infra_helpers import run_stack
 
-sys.path.insert(0, str(REPO / "infra" / "local"))
-import procs  # noqa: E402
+from infra.local import procs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 

@@ -113,7 +113,7 @@ def test_train_mistyped_traces_dir_is_refused_with_the_build_command(tmp_path):
     typo = tmp_path / "data" / "traces" / "refocuss"
     assert_user_error(job("train.py", f"data.traces_dir={typo}", "train.seed=3"),
                       f"data.traces_dir {typo} does not exist",
-                      f"python jobs/build_data.py --source refocus --out {typo} --seed 3", "--build-data")
+                      f"lare-build-data --source refocus --out {typo} --seed 3", "--build-data")
     assert not typo.exists()  # nothing was built
     debug = job("train.py", "--debug", f"data.traces_dir={typo}")
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "UserError" in debug.stderr
@@ -122,7 +122,7 @@ def test_train_mistyped_traces_dir_is_refused_with_the_build_command(tmp_path):
 
 
 def _check_traces(tmp_path, config_text, *overrides, build_data=False):
-    import jobs.train as train_job
+    import lare.jobs.train as train_job
 
     path = None
     if config_text is not None:
@@ -198,7 +198,7 @@ def test_build_data_user_errors(tmp_path):
 
 
 def test_build_data_options_are_key_value_like_train():
-    import jobs.build_data as build_job
+    import lare.jobs.build_data as build_job
 
     args = build_job.parse_args(["--source", "jsonl", "path=a.jsonl", "--out", "o", "image_root=imgs",
                                  "--option", "columns.image_path=file", "name=007", "columns.id=qid", "limit=0"])
@@ -252,3 +252,20 @@ def test_reject_summary_ranks_reasons_and_names_the_setting():
     easy = settings_hint({"root": "/e"}, Counter({"image_unreadable": 1}), Counter())  # easy_vqa's option
     assert easy.startswith("no image could be read: check root")
     assert settings_hint(opts, Counter(), Counter()) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Packaged entry points: the console scripts and the jobs/ scripts are the same jobs
+
+
+@pytest.mark.parametrize("script, job_file", [("lare-train", "train.py"), ("lare-build-data", "build_data.py"),
+                                              ("lare-eval", "evaluate.py"), ("lare-tune", "tune.py")])
+def test_console_scripts_are_the_jobs(script, job_file):
+    installed = Path(sys.executable).parent / script
+    assert installed.is_file(), f"{script} is not installed beside {sys.executable}: pip install -e ."
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    by_script = subprocess.run([str(installed), "--help"], capture_output=True, text=True, timeout=120, env=env)
+    by_file = job(job_file, "--help")
+    assert by_script.returncode == by_file.returncode == 0, (by_script.stderr[-2000:], by_file.stderr[-2000:])
+    assert by_script.stdout == by_file.stdout and f"usage: {script}" in by_script.stdout
+    assert "--verbose" in by_script.stdout and "--debug" in by_script.stdout

@@ -2,7 +2,6 @@
 probe rise, the job runs both stages and bundles a loadable backbone with its model card."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +50,7 @@ def test_a_short_stage_a_makes_the_colour_probe_rise():
 
 @pytest.mark.slow
 def test_the_job_runs_both_stages_and_bundles_a_loadable_backbone(tmp_path, ray_session, monkeypatch):
-    sys.path.insert(0, str(ROOT / "jobs"))
-    import pretrain
+    from lare.jobs import pretrain
 
     bundle = tmp_path / "bundle"
     monkeypatch.setattr(pretrain, "BUNDLE", bundle)

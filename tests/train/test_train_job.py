@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import jobs.train as train_job
+import lare.jobs.train as train_job
+from tests.helpers import FailOnce
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,11 +30,11 @@ def traces(tmp_path_factory, ray_session):
     return out
 
 
-def run(tmp, traces, *extra, experiment="t", storage=None, tracking=None, args=()):
+def run(tmp, traces, *extra, experiment="t", storage=None, tracking=None, args=(), step_hooks=()):
     overrides = [*TINY, f"data.traces_dir={traces}", f"train.experiment={experiment}",
                  f"train.storage_path={storage or tmp / 'runs'}",
                  f"tracking.uri={tracking or 'sqlite:///' + str(tmp / 'mlflow.db')}", *extra]
-    return train_job.main([*args, *overrides])
+    return train_job.main([*args, *overrides], step_hooks=step_hooks)
 
 
 def export_weights(path) -> dict[str, torch.Tensor]:
@@ -63,9 +64,10 @@ def test_two_workers_fsdp_loss_falls_and_a_killed_worker_resumes_exactly(tmp_pat
     val = max(client.get_metric_history(clean["mlflow_run_id"], "val_accuracy"), key=lambda m: m.step)
     assert val.step == 12 and clean["val_accuracy"] == val.value
 
-    crashed = run(tmp_path, traces, *common, experiment="crashed", args=["--inject-failure-at-step", "5"])
+    marker = tmp_path / "crashed.failed-once"
+    crashed = run(tmp_path, traces, *common, experiment="crashed", step_hooks=[FailOnce(5, marker)])
     assert crashed["steps"] == 12
-    assert (tmp_path / "runs" / ".crashed.failed-once").exists()  # the worker really died once
+    assert marker.exists()  # the worker really died once
     assert clean["resumed_at_step"] == -1 and crashed["resumed_at_step"] == 3  # from the step-3 checkpoint
     # Steps 4 and 5 ran twice (checkpoint at 3, death at 5): the history still has each step once.
     assert loss_history(client, crashed["mlflow_run_id"]) == losses

@@ -7,7 +7,8 @@ import torch
 
 from tests.helpers import record, tiny_config
 from lare.batch import build_batch, example_from_record
-from lare.train.loop import curriculum, learning_rate
+from lare.train.loop import learning_rate
+from lare.train.plan import curriculum
 from lare.train.parallel import build_model
 
 

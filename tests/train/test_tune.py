@@ -3,7 +3,7 @@ MLflow child run under the sweep's parent run; the best config comes back and is
 
 import pytest
 
-import jobs.tune as tune_job
+import lare.jobs.tune as tune_job
 
 pytestmark = pytest.mark.slow
 
