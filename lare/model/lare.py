@@ -17,7 +17,7 @@ parameters around the wrapped module's forward.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,8 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
 
+from lare.backbone import load_backbone
 from lare.batch import IGNORE, Batch
-from lare.config import Config
+from lare.config import Config, ModelConfig
 from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus, info_nce, position_features
 from lare.processor import LaReProcessor
 
@@ -145,10 +146,13 @@ class LaReModel(nn.Module):
     @classmethod
     def build(cls, cfg: Config, device: str | torch.device | None = None) -> "LaReModel":
         """Backbone (preset or local checkpoint) + LaRe heads. device="meta" allocates nothing (dry runs)."""
-        from lare.backbone import load_backbone
+        return cls._on_backbone(cfg, cfg.model, device)
 
+    @classmethod
+    def _on_backbone(cls, cfg: Config, source: ModelConfig, device=None) -> "LaReModel":
+        # lm_attention reads the language model's attention weights, which only the eager kernel returns
         attn = "eager" if cfg.method.refocus == "lm_attention" else None
-        vlm, processor = load_backbone(cfg.model, attn_implementation=attn, device=device)
+        vlm, processor = load_backbone(source, attn_implementation=attn, device=device)
         with torch.device(device or "cpu"):
             return cls(vlm, processor, cfg)
 
@@ -167,8 +171,6 @@ class LaReModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides) -> "LaReModel":
-        from lare.backbone import MODEL_CLASSES
-
         path = Path(path)
         if not (path / "lare_config.json").is_file():
             raise FileNotFoundError(f"{path} is not a LaRe model directory (no lare_config.json)")
@@ -176,12 +178,7 @@ class LaReModel(nn.Module):
         for key, value in overrides.items():  # e.g. method={"paradigm": ...} is not allowed: heads would not match
             data.setdefault(key.split(".")[0], {})[key.split(".", 1)[1]] = value
         cfg = Config.from_dict(data)
-        attn = "eager" if cfg.method.refocus == "lm_attention" else cfg.model.attn_implementation
-        config_type = json.loads((path / "config.json").read_text())["model_type"]
-        vlm = MODEL_CLASSES[config_type].from_pretrained(path, local_files_only=True, trust_remote_code=False,
-                                                         attn_implementation=attn)
-        processor = LaReProcessor.from_pretrained(path, cfg.model.min_pixels, cfg.model.max_pixels, cfg.model.crop_max_pixels)
-        model = cls(vlm, processor, cfg)
+        model = cls._on_backbone(cfg, replace(cfg.model, backbone=str(path)))  # the saved backbone, not the one trained from
         heads = load_file(path / "lare_heads.safetensors")
         missing, unexpected = model.load_state_dict(heads, strict=False)
         missing = [k for k in missing if not k.startswith("vlm.")]
