@@ -266,8 +266,8 @@ def test_latent_paradigm_is_coconut(records):
     model, cfg = build("tiny-qwen2.5-vl", "latent")
     assert model.refocus is None and model.fusion is None
     h = torch.randn(2, model.text_config.hidden_size)
-    z, weights = model.latent_input(h, ctx=None)
-    assert torch.equal(z, h) and weights is None
+    z, refocus_map = model.latent_input(h, visual=None)
+    assert torch.equal(z, h) and refocus_map is None
 
 
 @pytest.mark.parametrize("paradigm", ["text_cot", "crop", "latent"])
