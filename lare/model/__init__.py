@@ -1,3 +1,4 @@
-from lare.model.lare import ABLATIONS, LOSS_TERMS, LaReModel, LossOutput
+from lare.model.lare import ABLATIONS, LaReModel
+from lare.model.losses import LOSS_TERMS, LossOutput
 
 __all__ = ["ABLATIONS", "LOSS_TERMS", "LaReModel", "LossOutput"]

@@ -17,9 +17,9 @@ parameters around the wrapped module's forward.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,22 +27,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lare.backbone import load_backbone
-from lare.batch import IGNORE, Batch
+from lare.batch import Batch
 from lare.config import Config, ModelConfig
-from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus, info_nce
+from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus
+from lare.model.losses import compute_loss
 from lare.model.sequence import LatentRun, Prompt, VisualContext
 from lare.processor import LaReProcessor
 
 ABLATIONS = ("none", "zero_latents", "uniform_refocus", "shuffle_refocus")
-LOSS_TERMS = ("answer_ce", "text_ce", "recon", "focus", "align", "pixel", "stop")
-
-
-@dataclass
-class LossOutput:
-    loss: torch.Tensor
-    terms: dict[str, float]          # each loss term, detached (nan when it had nothing to score)
-    logits: torch.Tensor | None      # [B, S, vocab]: predictions of the suffix tokens, when asked for
-    num_tokens: int                  # supervised tokens
 
 
 class LatentStep(NamedTuple):
@@ -177,7 +169,7 @@ class LaReModel(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, batch: Batch, mode: str = "loss", **kwargs):
         if mode == "loss":
-            return self.loss(batch, **kwargs)
+            return compute_loss(self, batch, **kwargs)
         if mode == "generate":
             from lare.model.generate import generate
 
@@ -210,92 +202,6 @@ class LaReModel(nn.Module):
                 active = active & (torch.sigmoid(self.stop(h_slot)).squeeze(-1) <= 0.5)
         return LatentRun(h, torch.stack(zs, 1), None if maps[0] is None else torch.stack(maps, 1),
                          torch.stack(slot_hidden, 1), torch.stack(ran, 1))
-
-    def loss(self, batch: Batch, kv_cache: bool = True, return_logits: bool = False, ablation: str = "none") -> LossOutput:
-        m = self.cfg.method
-        prefix_len, n_slots = batch.prefix_len, batch.num_slots
-        suffix_start, length = prefix_len + n_slots, batch.input_ids.shape[1]
-        image_token_id = self.processor.image_token_id
-        if n_slots == 0:  # no latents: the whole sequence in one pass
-            prompt = Prompt(self.vlm, image_token_id, batch, length, kv_cache)
-            h, suffix_hidden = prompt.hidden[:, prefix_len - 1], prompt.hidden[:, prefix_len:]
-            latents = None
-        else:
-            prompt = Prompt(self.vlm, image_token_id, batch, prefix_len, kv_cache, want_attn=self.reads_lm_attention)
-            latents = self.run_latents(prompt, prompt.positions[:, :, prefix_len:suffix_start], batch.slot_mask, ablation)
-            h, suffix_hidden = latents.h, prompt.feed(suffix_start, length).hidden
-
-        # Cross-entropy on the suffix: the hidden state before each token predicts it.
-        pred = torch.cat([h[:, None], suffix_hidden[:, :-1]], 1)                  # [B, S, D]
-        labels = batch.labels[:, suffix_start:]
-        answer = batch.answer_mask[:, suffix_start:]
-        logits = self.vlm.lm_head(pred)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none").view(labels.shape)
-        supervised = labels != IGNORE
-        if not supervised.any():
-            raise ValueError(f"batch {batch.ids[:3]}...: no supervised tokens (empty answers?)")
-        zero = ce.sum() * 0
-        terms = {"answer_ce": ce[answer].mean() if answer.any() else zero,
-                 "text_ce": ce[supervised & ~answer].mean() if (supervised & ~answer).any() else zero}
-        # Each averaged over its own tokens: a paradigm that writes a long rationale must not dilute its answer
-        # (a mean over all tokens gave text_cot's answer a tenth of direct's weight).
-        loss = m.answer_weight * terms["answer_ce"] + m.text_weight * terms["text_ce"]
-        nan = float("nan")
-        scored = {"answer_ce": bool(answer.any()), "text_ce": bool((supervised & ~answer).any())}
-
-        if latents is not None:
-            extra = self._latent_losses(batch, prompt.visual, latents)
-            for name, (value, weight) in extra.items():
-                terms[name] = value
-                scored[name] = value is not None
-                if value is not None:
-                    loss = loss + weight * value
-        out_terms = {k: (float(terms[k].detach()) if scored.get(k) else nan) for k in LOSS_TERMS}
-        return LossOutput(loss, out_terms, logits if return_logits else None, int(supervised.sum()))
-
-    def _latent_losses(self, batch, visual, latents):
-        """The semantic-augmentation terms over the real latent slots: name -> (value or None, weight)."""
-        m = self.cfg.method
-        zs, weights, slot_hidden, slot_mask = latents.z, latents.refocus_map, latents.slot_hidden, latents.slot_mask
-        region = batch.region_mask.to(visual.tokens.dtype)                                 # [B, K, P]
-        has_box = batch.slot_has_box & slot_mask
-        region_mean = torch.einsum("bkp,bpd->bkd", region, visual.tokens) / region.sum(-1, keepdim=True).clamp_min(1)
-        if weights is not None:  # no box annotated: the tokens the refocus selected
-            selected = torch.einsum("bkp,bpd->bkd", weights, visual.tokens)
-            target = torch.where(batch.slot_has_box[..., None], region_mean, selected).detach()
-            has_target = slot_mask
-        else:
-            target, has_target = region_mean.detach(), has_box
-        out = {}
-        if self.recon is not None:
-            rec = None
-            if has_target.any():
-                rec = (1 - F.cosine_similarity(self.recon(zs[has_target]), target[has_target], dim=-1)).mean()
-            out["recon"] = (rec, m.recon_weight)
-        if weights is not None and m.focus_weight > 0:
-            focus = None
-            if has_box.any():
-                box_dist = region / region.sum(-1, keepdim=True).clamp_min(1)
-                kl = (box_dist * (box_dist.clamp_min(1e-12).log() - weights.clamp_min(1e-12).log())).sum(-1)
-                focus = kl[has_box].mean()
-            out["focus"] = (focus, m.focus_weight)
-        if self.align is not None:
-            align = None
-            if int(has_target.sum()) >= 2:
-                align = info_nce(self.align(zs[has_target]), target[has_target], m.align_temperature)
-            out["align"] = (align, m.align_weight)
-        if self.pixel is not None:
-            pix = None
-            if has_box.any():
-                pix = (self.pixel(zs[has_box]) - batch.region_pixels[has_box]).abs().mean()
-            out["pixel"] = (pix, m.pixel_weight)
-        if self.stop is not None:
-            last = slot_mask.long().cumsum(1) == slot_mask.sum(1, keepdim=True)
-            target_stop = (last & slot_mask).to(slot_hidden.dtype)
-            logit = self.stop(slot_hidden).squeeze(-1)
-            stop = F.binary_cross_entropy_with_logits(logit[slot_mask], target_stop[slot_mask])
-            out["stop"] = (stop, m.stop_weight)
-        return out
 
 
 def _shuffled(weights: torch.Tensor, grid_hw: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,6 @@ from transformers import DynamicCache
 from lare.batch import Batch
 from lare.model.heads import position_features
 
-
 # ---- the backbone's pieces --------------------------------------------------------------------------------
 
 class ImageFeatures(NamedTuple):
