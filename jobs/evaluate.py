@@ -41,7 +41,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from lare.cli import UserError, add_debug_flag, main_guard, run_cli  # noqa: E402
 from lare.config import PARADIGMS  # noqa: E402
 from lare.eval.readers import BENCHMARKS  # noqa: E402
-from lare.model.lare import ABLATIONS  # noqa: E402
+from lare.model import ABLATIONS  # noqa: E402
 
 log = logging.getLogger("lare.evaluate")
 

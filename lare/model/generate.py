@@ -44,15 +44,12 @@ class Generation:
 @torch.no_grad()
 def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: bool = True,
              ablation: str = "none") -> Generation:
-    """`batch` is a prompt batch: build_batch(..., prompt_only=True).
+    """`model` is the LaReModel (its forward, mode="generate", checks the ablation); `batch` is a prompt batch:
+    build_batch(..., prompt_only=True).
 
     Under torch.distributed (FSDP2 shards every layer), all ranks must run the same forwards: decoding
     then stops only when every rank's samples are done, and in the crop paradigm the vision tower runs
     at each step on every rank (on a blank placeholder where a rank has no crop to encode)."""
-    from lare.model.lare import ABLATIONS
-
-    if ablation not in ABLATIONS:
-        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     p, m, data = model.processor, model.cfg.method, model.cfg.data
     latent_mode = model.paradigm in ("latent", "lare")
     budget = max_new_tokens or (data.max_answer_tokens if latent_mode else data.max_new_tokens)

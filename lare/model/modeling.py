@@ -5,13 +5,15 @@ Latent step t (docs/method.md): h_t is the last-layer hidden state at the previo
   lare:    a_t = softmax(s_t) over the sample's visual tokens V  (learned cross-attention from h_t,
            or the language model's own attention), r_t = a_t . W_v V,
            z_t = h_t + g_t * W_o r_t,  g_t = sigmoid(W_g [h_t; r_t])
-z_t is the input embedding of the next position. The prefix is encoded once into a KV cache and each
+z_t is the input embedding of the next position. The prompt is encoded once into a KV cache and each
 latent step appends one position to it: the loop is never a re-forward of the whole sequence, in training
 (gradients flow through the cache) as in generation. `kv_cache=False` does the naive re-forward instead,
 for tests and benchmarks only.
 
 Everything runs inside `forward` (mode="loss" or mode="generate"): FSDP2 only gathers the root's
-parameters around the wrapped module's forward.
+parameters around the wrapped module's forward. This file holds the model's own parts (its heads, building,
+saving and loading, the latent step); the sequence it runs is in sequence.py, the training forward and its
+losses in losses.py, decoding in generate.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 from lare.backbone import load_backbone
 from lare.batch import Batch
 from lare.config import Config, ModelConfig
+from lare.model.generate import generate
 from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus
 from lare.model.losses import compute_loss
 from lare.model.sequence import LatentRun, Prompt, VisualContext
@@ -123,7 +126,7 @@ class LaReModel(nn.Module):
             raise ValueError(f"{path}/lare_heads.safetensors does not match the config: missing {missing}, unexpected {unexpected}")
         return model
 
-    # ---- backbone plumbing -----------------------------------------------------------------
+    # ---- what the sequence and the losses ask of the model -------------------------------------
     @property
     def text_config(self):
         return self.vlm.config.text_config
@@ -136,6 +139,17 @@ class LaReModel(nn.Module):
     def reads_lm_attention(self) -> bool:
         """The refocus reads the language model's own attention to the image (method.refocus=lm_attention)."""
         return self.paradigm == "lare" and self.cfg.method.refocus == "lm_attention"
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, batch: Batch, mode: str = "loss", ablation: str = "none", **kwargs):
+        """mode="loss": a training batch -> LossOutput (losses.compute_loss); mode="generate": a prompt batch
+        -> Generation (generate.generate). `ablation` (one of ABLATIONS) changes what the latents carry."""
+        run = {"loss": compute_loss, "generate": generate}.get(mode)
+        if run is None:
+            raise ValueError(f"mode must be 'loss' or 'generate', got {mode!r}")
+        if ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+        return run(self, batch, ablation=ablation, **kwargs)
 
     # ---- the latent step ---------------------------------------------------------------------
     def latent_input(self, h: torch.Tensor, visual: VisualContext | None, lm_attention: torch.Tensor | None = None,
@@ -166,16 +180,6 @@ class LaReModel(nn.Module):
             z = torch.zeros_like(z)
         return LatentStep(z, refocus_map)
 
-    # ---- forward -----------------------------------------------------------------------------
-    def forward(self, batch: Batch, mode: str = "loss", **kwargs):
-        if mode == "loss":
-            return compute_loss(self, batch, **kwargs)
-        if mode == "generate":
-            from lare.model.generate import generate
-
-            return generate(self, batch, **kwargs)
-        raise ValueError(f"mode must be 'loss' or 'generate', got {mode!r}")
-
     def run_latents(self, prompt: Prompt, positions: torch.Tensor, slot_mask: torch.Tensor, ablation: str = "none",
                     adaptive: bool = False) -> LatentRun:
         """K latent steps after the prompt, one new position each: positions [3, B, K], slot_mask [B, K] the
@@ -204,16 +208,16 @@ class LaReModel(nn.Module):
                          torch.stack(slot_hidden, 1), torch.stack(ran, 1))
 
 
-def _shuffled(weights: torch.Tensor, grid_hw: torch.Tensor) -> torch.Tensor:
-    """Each sample gets the next sample's refocus map, resampled to its own grid (ablation).
+def _shuffled(refocus_map: torch.Tensor, grid_hw: torch.Tensor) -> torch.Tensor:
+    """Each sample gets the next sample's refocus map [B, P], resampled to its own grid (ablation).
     With a single sample, its own map point-mirrored (it looks at the opposite place)."""
-    out = torch.zeros_like(weights)
-    B = weights.shape[0]
+    out = torch.zeros_like(refocus_map)
+    B = refocus_map.shape[0]
     for b in range(B):
         src = (b + 1) % B
         sh, sw = grid_hw[src].tolist()
         th, tw = grid_hw[b].tolist()
-        grid = weights[src, : sh * sw].view(1, 1, sh, sw)
+        grid = refocus_map[src, : sh * sw].view(1, 1, sh, sw)
         if src == b:
             grid = grid.flip(-1, -2)
         grid = F.interpolate(grid, size=(th, tw), mode="nearest").flatten()
