@@ -126,7 +126,7 @@ class LaReModel(nn.Module):
             raise ValueError(f"{path}/lare_heads.safetensors does not match the config: missing {missing}, unexpected {unexpected}")
         return model
 
-    # ---- what the sequence and the losses ask of the model -------------------------------------
+    # ---- what callers ask of the model ---------------------------------------------------------
     @property
     def text_config(self):
         return self.vlm.config.text_config
@@ -169,13 +169,13 @@ class LaReModel(nn.Module):
                 if m.top_k:
                     heads = Refocus.weights(heads.clamp_min(1e-12).log(), visual.mask, m.top_k)
             else:
-                heads = Refocus.weights(self.refocus.scores(h, visual.refocus_kv[0]), visual.mask, m.top_k)  # [B, H, P]
+                heads = Refocus.weights(self.refocus.scores(h, visual.refocus_kv.keys), visual.mask, m.top_k)  # [B, H, P]
             if ablation == "uniform_refocus":
                 heads = (visual.mask / visual.mask.sum(-1, keepdim=True))[:, None, :].expand_as(heads).to(h.dtype)
             elif ablation == "shuffle_refocus":
                 heads = _shuffled(heads.mean(1), visual.grid_hw)[:, None, :].expand_as(heads)
             refocus_map = heads.mean(1)
-            z = self.fusion(h, self.refocus.read(heads, visual.refocus_kv[1]))
+            z = self.fusion(h, self.refocus.read(heads, visual.refocus_kv.values))
         if ablation == "zero_latents":
             z = torch.zeros_like(z)
         return LatentStep(z, refocus_map)

@@ -15,7 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from lare.batch import Batch
-from lare.model.heads import position_features
+from lare.model.heads import RefocusKV, position_features
 
 # ---- the backbone's pieces --------------------------------------------------------------------------------
 
@@ -135,7 +135,7 @@ class VisualContext:
     grid_hw: torch.Tensor                 # [B, 2] merged grid (rows, cols)
     position_features: torch.Tensor       # [B, P, F] where each token sits in its image (refocus keys and values)
     columns: torch.Tensor                 # [B, P] the batch column each token is in, -1 for padding
-    refocus_kv: tuple | None = None       # the refocus keys and values of `tokens`, computed once per forward
+    refocus_kv: RefocusKV | None = None   # the refocus keys and values of `tokens`, computed once per forward
 
 
 def encode_images(vlm, batch: Batch, image_token_id: int) -> VisualContext:
