@@ -18,7 +18,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from lare.config import ModelConfig
+from lare.config import ConfigError, ModelConfig
 from lare.processor import LaReProcessor, tiny_tokenizer
 
 MODEL_CLASSES = {
@@ -172,8 +172,10 @@ def _image_processor(patch_size: int, cfg: ModelConfig, mean_std) -> Qwen2VLImag
 
 def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None,
                   device: str | torch.device | None = None) -> tuple[PreTrainedModel, LaReProcessor]:
-    """(Qwen-VL ForConditionalGeneration, processor) with the LaRe special tokens added and embeddings resized.
-    device="meta" builds a preset without allocating its weights (dry runs)."""
+    """(Qwen-VL ForConditionalGeneration, processor) with the LaRe special tokens added and embeddings resized,
+    from a preset or a local checkpoint folder (a saved LaRe model is one). device="meta" builds the architecture
+    without allocating or reading a weight: dry runs, and FSDP2 ranks other than 0 (they receive the weights by
+    broadcast)."""
     attn = attn_implementation or cfg.attn_implementation
     dtype = DTYPES[cfg.dtype]
     if cfg.backbone in PRESETS:
@@ -197,8 +199,10 @@ def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None,
                                 "checkpoint directory with a config.json (nothing is downloaded)")
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if config.model_type not in MODEL_CLASSES:
-        raise ValueError(f"{path}: model_type {config.model_type!r} is not supported (expected one of {sorted(MODEL_CLASSES)})")
-    if str(device) == "meta":  # the architecture only: FSDP2 ranks other than 0 receive the weights by broadcast
+        raise ConfigError(f"config: model.backbone={cfg.backbone!r} has model_type {config.model_type!r}; "
+                          f"supported: {sorted(MODEL_CLASSES)}")
+    meta = str(device) == "meta"
+    if meta:
         config._attn_implementation = attn
         with torch.device("meta"):
             model = MODEL_CLASSES[config.model_type]._from_config(config, dtype=dtype)
@@ -207,5 +211,6 @@ def load_backbone(cfg: ModelConfig, attn_implementation: str | None = None,
             path, local_files_only=True, trust_remote_code=False, dtype=dtype, attn_implementation=attn)
     processor = LaReProcessor.from_pretrained(path, cfg.min_pixels, cfg.max_pixels, cfg.crop_max_pixels)
     if model.get_input_embeddings().num_embeddings < len(processor.tokenizer):
-        model.resize_token_embeddings(len(processor.tokenizer))
+        # new rows start at the mean of the old ones; on the meta device there is nothing to average
+        model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=not meta)
     return model, processor

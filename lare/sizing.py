@@ -30,9 +30,6 @@ import json
 import math
 import re
 import sys
-from pathlib import Path
-
-import torch
 
 from lare.config import Config, ConfigError, load_config
 
@@ -74,7 +71,7 @@ def architecture_for(backbone: str) -> str:
 
 def build_meta(cfg: Config):
     """(LaReModel on the meta device, where the architecture came from)."""
-    from lare.backbone import DTYPES, MODEL_CLASSES, PRESETS, checkpoint_dir
+    from lare.backbone import PRESETS, checkpoint_dir
     from lare.model import LaReModel
 
     backbone = cfg.model.backbone
@@ -82,25 +79,8 @@ def build_meta(cfg: Config):
         if backbone in PRESETS:
             return LaReModel.build(cfg, device="meta"), f"preset {backbone}"
         path = checkpoint_dir(backbone)
-        if (path / "config.json").is_file():
-            # A real checkpoint: its config only. Loading the weights (16 GB) is what a dry run must not do.
-            from transformers import AutoConfig
-
-            from lare.processor import LaReProcessor
-
-            config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-            if config.model_type not in MODEL_CLASSES:
-                raise ConfigError(f"config: model.backbone={backbone!r} has model_type {config.model_type!r}; "
-                                  f"supported: {sorted(MODEL_CLASSES)}")
-            if cfg.method.refocus == "lm_attention":
-                config._attn_implementation = "eager"
-            processor = LaReProcessor.from_pretrained(path, cfg.model.min_pixels, cfg.model.max_pixels,
-                                                      cfg.model.crop_max_pixels)
-            with torch.device("meta"):
-                vlm = MODEL_CLASSES[config.model_type](config).to(DTYPES[cfg.model.dtype])
-                if vlm.get_input_embeddings().num_embeddings < len(processor.tokenizer):
-                    vlm.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
-                return LaReModel(vlm, processor, cfg), f"checkpoint config {path / 'config.json'}"
+        if (path / "config.json").is_file():  # a real checkpoint: its config is read, its weights (16 GB) are not
+            return LaReModel.build(cfg, device="meta"), f"checkpoint config {path / 'config.json'}"
         preset = cfg.model.architecture or architecture_for(backbone)
         alt = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=preset))
         how = "model.architecture" if cfg.model.architecture else "its folder name"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from lare.eval.readers import EvalItem
-from lare.model.generate import TOKEN_KEYS
+from lare.model import TOKEN_KEYS
 from lare.storage import is_remote, redact, resolve
 
 TOKEN_COLUMNS = tuple(f"tok_{k}" for k in TOKEN_KEYS)

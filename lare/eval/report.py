@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lare.eval.readers import EvalItem
 from lare.eval.scoring import PROTOCOLS, flatten_metrics, item_results, score
-from lare.model.generate import TOKEN_KEYS
+from lare.model import TOKEN_KEYS
 
 TOKEN_SUMMARY = (*TOKEN_KEYS, "inference")
 INFERENCE_KEYS = ("latent", "generated", "crop_visual")  # what a paradigm spends beyond the shared prompt

@@ -1,3 +1,5 @@
-from lare.model.lare import ABLATIONS, LOSS_TERMS, LaReModel, LossOutput
+from lare.model.generate import TOKEN_KEYS, Generation
+from lare.model.losses import LOSS_TERMS, LossOutput
+from lare.model.modeling import ABLATIONS, LaReModel
 
-__all__ = ["ABLATIONS", "LOSS_TERMS", "LaReModel", "LossOutput"]
+__all__ = ["ABLATIONS", "LOSS_TERMS", "TOKEN_KEYS", "Generation", "LaReModel", "LossOutput"]

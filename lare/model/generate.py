@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from lare.batch import Batch
+from lare.model.sequence import Prompt, embed, encode_pixels, rope_positions
 from lare.processor import parse_box
 
 TOKEN_KEYS = ("visual", "prompt_text", "latent", "generated", "crop_visual", "total")
@@ -43,15 +44,12 @@ class Generation:
 @torch.no_grad()
 def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: bool = True,
              ablation: str = "none") -> Generation:
-    """`batch` is a prompt batch: build_batch(..., prompt_only=True).
+    """`model` is the LaReModel (its forward, mode="generate", checks the ablation); `batch` is a prompt batch:
+    build_batch(..., prompt_only=True).
 
     Under torch.distributed (FSDP2 shards every layer), all ranks must run the same forwards: decoding
     then stops only when every rank's samples are done, and in the crop paradigm the vision tower runs
     at each step on every rank (on a blank placeholder where a rank has no crop to encode)."""
-    from lare.model.lare import ABLATIONS, DecodeState, _image_positions
-
-    if ablation not in ABLATIONS:
-        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     p, m, data = model.processor, model.cfg.method, model.cfg.data
     latent_mode = model.paradigm in ("latent", "lare")
     budget = max_new_tokens or (data.max_answer_tokens if latent_mode else data.max_new_tokens)
@@ -60,17 +58,13 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
         and torch.distributed.get_world_size() > 1
 
-    ctx = model.encode_images(batch)
-    embeds = model.embed(batch.input_ids, ctx.features)
-    positions = model.rope_positions(batch.input_ids, batch.mm_token_type_ids, batch.image_grid_thw, batch.attention_mask)
-    state = DecodeState(model, kv_cache)
-    want_attn = latent_mode and model.paradigm == "lare" and m.refocus == "lm_attention"
-    vis, ds = model.deepstack_rows(ctx, batch.input_ids, 0, batch.input_ids.shape[1])
-    hidden, lm_attn = state.append(embeds, positions, batch.attention_mask, vis, ds, want_attn)
-    h = hidden[:, -1]
-    next_pos = positions.masked_fill(batch.attention_mask[None] == 0, -1).amax(dim=(0, 2)) + 1   # [B]
+    prompt = Prompt(model.vlm, p.image_token_id, batch, batch.input_ids.shape[1], kv_cache,
+                    want_attn=model.reads_lm_attention)
+    state, visual = prompt.state, prompt.visual
+    h = prompt.hidden[:, -1]
+    next_pos = prompt.positions.masked_fill(batch.attention_mask[None] == 0, -1).amax(dim=(0, 2)) + 1   # [B]
 
-    n_visual = ctx.vmask.sum(1)
+    n_visual = visual.mask.sum(1)
     account = {
         "visual": n_visual,
         "prompt_text": batch.attention_mask.sum(1) - n_visual,
@@ -98,22 +92,22 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
             order = sorted(crops)
             pv = torch.cat([crops[b][0] for b in order]).to(device)
             grids = torch.stack([crops[b][1] for b in order]).to(device)
-            features, deepstack = model.encode_pixels(pv, grids)
+            features, deepstack = encode_pixels(model.vlm, pv, grids)
         elif distributed and model.paradigm == "crop":  # keep the vision tower's collectives in step
             blank_pv, blank_grid = p.images([Image.new("RGB", (p.token_pixels, p.token_pixels))])
-            model.encode_pixels(blank_pv.to(device), blank_grid.to(device))
-        chunk_embeds = model.embed(ids, features)
+            encode_pixels(model.vlm, blank_pv.to(device), blank_grid.to(device))
+        chunk_embeds = embed(model.vlm, ids, features, p.image_token_id)
         if crops:  # relative M-RoPE positions of the chunk from the model's helper, then shifted
             # only rows with new tokens: the helper fails on an empty row (a finished sample)
             live = mask.any(1).nonzero().squeeze(1)
             rel = torch.zeros(3, B, c, dtype=torch.long, device=device)
-            rel[:, live] = model.rope_positions(ids[live], (ids[live] == p.image_token_id).long(), grids,
-                                                mask[live]).to(rel.dtype)
+            rel[:, live] = rope_positions(model.vlm, ids[live], (ids[live] == p.image_token_id).long(), grids,
+                                          mask[live]).to(rel.dtype)
         else:
             rel = torch.arange(c, device=device)[None, None, :].expand(3, B, c)
         pos = rel + next_pos[None, :, None]
         vis_mask = (ids == p.image_token_id) if deepstack is not None else None
-        out, _ = state.append(chunk_embeds, pos, mask, vis_mask, deepstack)
+        out = state.append(chunk_embeds, pos, mask, vis_mask, deepstack).hidden
         lengths = mask.sum(1)
         has = lengths > 0
         last = out[torch.arange(B, device=device), (lengths - 1).clamp_min(0)]
@@ -125,19 +119,17 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
     latents = [None] * B
     if latent_mode:
         K = m.latent_steps
-        image_positions = _image_positions(batch.input_ids, p.image_token_id, ctx.vmask)
         slot_mask = torch.ones(B, K, dtype=torch.bool, device=device)
-        start = next_pos.clone()
-        h, zs, weights, _, used = model.run_latents(
-            state, h, lm_attn, ctx, image_positions, lambda t: (start + t)[None, :, None].expand(3, B, 1),
-            slot_mask, ablation, adaptive=m.adaptive_stop)
-        account["latent"] = used.sum(1)
-        latents = [zs[b, used[b]].float().cpu() for b in range(B)]
+        slot_positions = (next_pos[:, None] + torch.arange(K, device=device))[None].expand(3, B, K)  # one per slot
+        run = model.run_latents(prompt, slot_positions, slot_mask, ablation, adaptive=m.adaptive_stop)
+        h = run.h
+        account["latent"] = run.slot_mask.sum(1)
+        latents = [run.z[b, run.slot_mask[b]].float().cpu() for b in range(B)]
         next_pos.add_(account["latent"])
-        if weights is not None:
+        if run.refocus_map is not None:
             for b in range(B):
-                gh, gw = ctx.grid_hw[b].tolist()
-                refocus[b] = weights[b, used[b], : gh * gw].reshape(-1, gh, gw).float().cpu()
+                gh, gw = visual.grid_hw[b].tolist()
+                refocus[b] = run.refocus_map[b, run.slot_mask[b], : gh * gw].reshape(-1, gh, gw).float().cpu()
         append([[p.lare_end_id]] * B)
         account["generated"] += 1
 

@@ -6,10 +6,16 @@ H refocus heads, R = refocus width (H * head dim).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class RefocusKV(NamedTuple):
+    keys: torch.Tensor    # [B, P, H, head_dim]
+    values: torch.Tensor  # [B, P, H, head_dim]
 
 
 class Refocus(nn.Module):
@@ -50,14 +56,14 @@ class Refocus(nn.Module):
         for norm in (self.kv_norm, self.out_norm):
             nn.init.ones_(norm.weight)
 
-    def keys_values(self, V: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The image side, computed once per forward (it does not change across latent steps):
-        keys and values [B, P, H, head_dim]. pos [B, P, POSITION_FEATURES]: where each token sits."""
+    def keys_values(self, V: torch.Tensor, pos: torch.Tensor) -> RefocusKV:
+        """The image side, computed once per forward (it does not change across latent steps).
+        pos [B, P, POSITION_FEATURES]: where each token sits."""
         B, P, _ = V.shape
         normed = self.kv_norm(V)
         k = (self.k(normed) + self.k_pos(pos)).view(B, P, self.heads, self.head_dim)
         v = (self.v(normed) + self.v_pos(pos)).view(B, P, self.heads, self.head_dim)
-        return k, v
+        return RefocusKV(k, v)
 
     def scores(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         q = self.q(h).view(h.shape[0], self.heads, self.head_dim)

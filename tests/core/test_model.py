@@ -1,12 +1,15 @@
 """The LaRe model on both tiny backbones: every paradigm, the latent loop, the losses, save/load, errors."""
 
+import ast
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers import BACKBONES, record, tiny_config
 from lare.batch import TraceError, build_batch, example_from_record
+import lare.model
 from lare.model import LaReModel
 
 PARADIGMS = ["direct", "text_cot", "crop", "latent", "lare"]
@@ -266,8 +269,8 @@ def test_latent_paradigm_is_coconut(records):
     model, cfg = build("tiny-qwen2.5-vl", "latent")
     assert model.refocus is None and model.fusion is None
     h = torch.randn(2, model.text_config.hidden_size)
-    z, weights = model.latent_input(h, ctx=None)
-    assert torch.equal(z, h) and weights is None
+    z, refocus_map = model.latent_input(h, visual=None)
+    assert torch.equal(z, h) and refocus_map is None
 
 
 @pytest.mark.parametrize("paradigm", ["text_cot", "crop", "latent"])
@@ -281,3 +284,18 @@ def test_answer_tokens_weigh_the_same_whatever_the_rationale_length(paradigm, re
     only_answer, _ = build("tiny-qwen2.5-vl", paradigm, "method.text_weight=0", "method.answer_weight=2")
     only_answer.load_state_dict(model.state_dict())
     assert only_answer(batch).loss.item() == pytest.approx(2 * out.terms["answer_ce"], rel=1e-5)
+
+
+def test_model_modules_import_only_the_ones_below_them():
+    """lare/model reads top to bottom, each file using only those before it: no import loop, not even one
+    hidden inside a function."""
+    order = ["heads", "sequence", "losses", "generate", "modeling"]
+    folder = Path(lare.model.__file__).parent
+    assert sorted(f.stem for f in folder.glob("*.py")) == sorted([*order, "__init__"])
+    for i, name in enumerate(order):
+        imported = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            imported |= {m.split(".")[2] for m in modules if m.startswith("lare.model.")}
+        assert imported <= set(order[:i]), f"{name}.py imports {sorted(imported - set(order[:i]))}"

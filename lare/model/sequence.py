@@ -1,0 +1,189 @@
+"""A batch's sequence through the language model, the part training and generation share: the visual context the
+refocus reads, the decode state that grows a chunk of positions at a time, and `Prompt`, the one place a batch's
+images are encoded and its prompt is run, for the loss (lare/model/losses.py) as for decoding (generate.py).
+
+Shapes: B batch, L columns of the batch, P visual tokens of a sample's original image (padded to the batch's
+largest), D language-model width, c positions appended at once, T positions so far, K latent slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from transformers import DynamicCache
+
+from lare.batch import Batch
+from lare.model.heads import RefocusKV, position_features
+
+# ---- the backbone's pieces --------------------------------------------------------------------------------
+
+class ImageFeatures(NamedTuple):
+    per_image: list[torch.Tensor]         # [P_i, D] each image's visual tokens, after the merger
+    deepstack: list[torch.Tensor] | None  # Qwen3-VL: per injected layer [sum P_i, D], image order
+
+
+def has_deepstack(vlm) -> bool:
+    """Qwen3-VL also adds visual features inside its first decoder layers (deepstack)."""
+    return vlm.config.model_type == "qwen3_vl"
+
+
+def encode_pixels(vlm, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> ImageFeatures:
+    out = vlm.model.get_image_features(pixel_values, grid_thw)
+    deepstack = [torch.cat(f) for f in out.deepstack_features] if has_deepstack(vlm) else None
+    return ImageFeatures(list(out.pooler_output), deepstack)
+
+
+def embed(vlm, input_ids: torch.Tensor, features: list[torch.Tensor], image_token_id: int) -> torch.Tensor:
+    """Token embeddings [B, c, D] with the image features in place of the image tokens (in sequence order)."""
+    embeds = vlm.get_input_embeddings()(input_ids)
+    if features:
+        image_mask = input_ids == image_token_id
+        embeds = embeds.masked_scatter(image_mask[..., None], torch.cat(features).to(embeds.dtype))
+    return embeds
+
+
+def rope_positions(vlm, input_ids, mm_token_type_ids, grid_thw, attention_mask) -> torch.Tensor:
+    """3-row M-RoPE positions [3, B, c] from the model's own rope-index helper."""
+    positions, _ = vlm.model.get_rope_index(
+        input_ids=input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=grid_thw,
+        attention_mask=attention_mask)
+    return positions
+
+
+def _language_model(vlm, embeds, positions, mask, cache, visual_mask=None, deepstack=None, want_attn=False):
+    kwargs = {}
+    if deepstack is not None and visual_mask is not None and visual_mask.any():
+        kwargs = {"visual_pos_masks": visual_mask, "deepstack_visual_embeds": deepstack}
+    return vlm.model.language_model(
+        inputs_embeds=embeds, position_ids=positions, attention_mask=mask, cache=cache,
+        use_cache=cache is not None, output_attentions=want_attn, **kwargs)
+
+
+# ---- the decode state -------------------------------------------------------------------------------------
+
+class Decoded(NamedTuple):
+    hidden: torch.Tensor            # [B, c, D] last-layer hidden states of the new positions
+    attention: torch.Tensor | None  # [B, T] the last new position's attention over every position so far
+                                    # (mean over layers and heads), when asked for
+
+
+class DecodeState:
+    """The growing sequence of a batch. With a KV cache each `append` runs only the new positions; without one
+    (the naive reference, for tests and benchmarks) it re-runs everything so far. Same inputs, same outputs."""
+
+    def __init__(self, vlm, kv_cache: bool = True):
+        self.vlm, self.kv_cache = vlm, kv_cache
+        self.cache = DynamicCache(config=vlm.config.text_config) if kv_cache else None
+        self.mask = None  # [B, T] attention mask of every position so far
+        self.full = None  # naive mode: (embeds, positions, visual mask, deepstack dense) of every position so far
+
+    def append(self, embeds, positions, mask, visual_mask=None, deepstack=None, want_attn=False) -> Decoded:
+        """embeds [B, c, D], positions [3, B, c], mask [B, c]; visual_mask [B, c] with deepstack rows for its
+        True entries."""
+        self.mask = mask if self.mask is None else torch.cat([self.mask, mask], 1)
+        if self.kv_cache:
+            out = _language_model(self.vlm, embeds, positions, self.mask, self.cache, visual_mask, deepstack, want_attn)
+            hidden = out.last_hidden_state
+        else:
+            B, c, D = embeds.shape
+            dense = None
+            if has_deepstack(self.vlm):  # keep deepstack rows at their positions so any prefix can be re-run
+                n = len(self.vlm.config.vision_config.deepstack_visual_indexes)
+                dense = embeds.new_zeros(n, B, c, D)
+                if visual_mask is not None and visual_mask.any():
+                    dense[:, visual_mask] = torch.stack(deepstack)
+            if visual_mask is None:
+                visual_mask = torch.zeros(B, c, dtype=torch.bool, device=embeds.device)
+            new = (embeds, positions, visual_mask, dense)
+            if self.full is None:
+                self.full = new
+            else:
+                self.full = tuple(None if a is None else torch.cat([a, b], dim=d)
+                                  for a, b, d in zip(self.full, new, (1, 2, 1, 2)))
+            e, p, v, ds = self.full
+            ds_rows = list(ds[:, v]) if (ds is not None and v.any()) else None
+            out = _language_model(self.vlm, e, p, self.mask, None, v if v.any() else None, ds_rows, want_attn)
+            hidden = out.last_hidden_state[:, -c:]
+        attention = None
+        if want_attn:
+            attention = torch.stack([a[:, :, -1, :] for a in out.attentions]).mean((0, 2))
+        return Decoded(hidden, attention)
+
+
+class LatentRun(NamedTuple):
+    """What K latent steps appended to a decode state (LaReModel.run_latents)."""
+
+    h: torch.Tensor                   # [B, D] hidden state at each sample's last real slot: what follows predicts from it
+    z: torch.Tensor                   # [B, K, D] the latent inputs fed back
+    refocus_map: torch.Tensor | None  # [B, K, P] where each step looked (mean over refocus heads); lare only
+    slot_hidden: torch.Tensor         # [B, K, D] last-layer hidden state at each slot
+    slot_mask: torch.Tensor           # [B, K] the slots that ran (an adaptive stop may end a sample early)
+
+
+# ---- the visual context and the prompt --------------------------------------------------------------------
+
+@dataclass
+class VisualContext:
+    """What the refocus reads: the embeddings the language model received for each sample's image."""
+
+    features: list[torch.Tensor]          # per image (crops too) [P_i, D]
+    deepstack: list[torch.Tensor] | None  # Qwen3-VL: per injected layer [sum P_i, D], image order
+    tokens: torch.Tensor                  # [B, P, D] each sample's original image tokens, padded
+    mask: torch.Tensor                    # [B, P] real tokens
+    grid_hw: torch.Tensor                 # [B, 2] merged grid (rows, cols)
+    position_features: torch.Tensor       # [B, P, F] where each token sits in its image (refocus keys and values)
+    columns: torch.Tensor                 # [B, P] the batch column each token is in, -1 for padding
+    refocus_kv: RefocusKV | None = None   # the refocus keys and values of `tokens`, computed once per forward
+
+
+def encode_images(vlm, batch: Batch, image_token_id: int) -> VisualContext:
+    features, deepstack = encode_pixels(vlm, batch.pixel_values, batch.image_grid_thw)
+    originals = [f for f, o in zip(features, batch.image_is_original.tolist()) if o]
+    n_visual = max(f.shape[0] for f in originals)
+    tokens = features[0].new_zeros(len(originals), n_visual, features[0].shape[-1])
+    mask = torch.zeros(len(originals), n_visual, dtype=torch.bool, device=tokens.device)
+    for b, f in enumerate(originals):
+        rows = torch.arange(f.shape[0], device=tokens.device)
+        tokens = tokens.index_put((torch.tensor([b], device=tokens.device), rows), f)
+        mask[b, : f.shape[0]] = True
+    return VisualContext(features, deepstack, tokens, mask, batch.grid_hw,
+                         position_features(batch.grid_hw, n_visual).to(tokens.dtype),
+                         _original_image_columns(batch.input_ids, image_token_id, mask))
+
+
+def _original_image_columns(input_ids: torch.Tensor, image_token_id: int, mask: torch.Tensor) -> torch.Tensor:
+    """[B, P] column of each original-image token (the first image of each sample), -1 for padding."""
+    columns = torch.full(mask.shape, -1, dtype=torch.long, device=input_ids.device)
+    for b in range(mask.shape[0]):
+        cols = (input_ids[b] == image_token_id).nonzero().flatten()[: int(mask[b].sum())]
+        columns[b, : cols.numel()] = cols
+    return columns
+
+
+class Prompt:
+    """A batch run through the language model to the end of its prompt (columns [0, prompt_len)): what the
+    latent loop, the teacher-forced suffix or decoding continue from."""
+
+    def __init__(self, vlm, image_token_id: int, batch: Batch, prompt_len: int, kv_cache: bool = True,
+                 want_attn: bool = False):
+        self.batch, self.image_token_id = batch, image_token_id
+        self.visual = encode_images(vlm, batch, image_token_id)
+        self.embeds = embed(vlm, batch.input_ids, self.visual.features, image_token_id)        # [B, L, D]
+        self.positions = rope_positions(vlm, batch.input_ids, batch.mm_token_type_ids, batch.image_grid_thw,
+                                        batch.attention_mask)                                   # [3, B, L]
+        self.state = DecodeState(vlm, kv_cache)
+        self.hidden, self.attention = self.feed(0, prompt_len, want_attn)  # [B, prompt_len, D], [B, prompt_len]
+
+    def feed(self, start: int, end: int, want_attn: bool = False) -> Decoded:
+        """Columns [start, end) of the batch, appended to the decode state."""
+        visual_mask, deepstack = None, None
+        if self.visual.deepstack is not None:
+            image = self.batch.input_ids == self.image_token_id
+            if image[:, start:end].any():
+                visual_mask = image[:, start:end]
+                rows = (image.flatten().cumsum(0) - 1).view(image.shape)[:, start:end][visual_mask]
+                deepstack = [f[rows] for f in self.visual.deepstack]
+        return self.state.append(self.embeds[:, start:end], self.positions[:, :, start:end],
+                                 self.batch.attention_mask[:, start:end], visual_mask, deepstack, want_attn)
