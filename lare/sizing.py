@@ -31,7 +31,7 @@ import math
 import re
 import sys
 
-from lare.config import Config, ConfigError, load_config
+from lare.config import LATENT_PARADIGMS, Config, ConfigError, load_config
 
 GIB = 1024**3
 H100_GIB = 79.6            # an H100 80GB shows 81559 MiB to CUDA
@@ -157,7 +157,7 @@ def dry_run(cfg: Config, gpu_memory_gib: float = H100_GIB, strict: bool = False)
     pixels_per_token = (vision.patch_size * merge) ** 2
     visual_tokens = cfg.model.max_pixels // pixels_per_token
     m = cfg.method
-    latent = (m.latent_steps + 2) if m.paradigm in ("latent", "lare") else 0   # slots + <|lare_start|>, <|lare_end|>
+    latent = (m.latent_steps + 2) if m.paradigm in LATENT_PARADIGMS else 0   # slots + <|lare_start|>, <|lare_end|>
     crop_tokens = cfg.data.max_steps * (cfg.model.crop_max_pixels // pixels_per_token) if m.paradigm == "crop" else 0
     text_tokens = PROMPT_TOKENS + cfg.data.max_new_tokens
     seq = visual_tokens + crop_tokens + text_tokens + latent

@@ -25,26 +25,17 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from lare.eval.readers import EvalItem
-from lare.model import TOKEN_KEYS
+from lare.model import ABLATIONS, TOKEN_KEYS
 from lare.storage import is_remote, redact, resolve
 
 TOKEN_COLUMNS = tuple(f"tok_{k}" for k in TOKEN_KEYS)
 COLUMNS = ("benchmark", "id", "ablation", "text", "answer", *TOKEN_COLUMNS, "latency_s", "boxes", "refocus", "regions")
 
-# Which ablations mean something for which paradigm: without latents there is nothing to zero, and only
-# lare has a refocus to make uniform or to shuffle.
-ABLATION_PARADIGMS = {
-    "none": ("direct", "text_cot", "crop", "latent", "lare"),
-    "zero_latents": ("latent", "lare"),
-    "uniform_refocus": ("lare",),
-    "shuffle_refocus": ("lare",),
-}
-
-
 def applicable(ablation: str, paradigm: str) -> bool:
-    if ablation not in ABLATION_PARADIGMS:
-        raise ValueError(f"unknown ablation {ablation!r}; known: {sorted(ABLATION_PARADIGMS)}")
-    return paradigm in ABLATION_PARADIGMS[ablation]
+    """Whether an evaluation-time ablation means something for a paradigm (lare.model.ABLATIONS)."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; known: {sorted(ABLATIONS)}")
+    return paradigm in ABLATIONS[ablation]
 
 
 # ---------------------------------------------------------------------------------------------

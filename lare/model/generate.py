@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from lare.batch import Batch
+from lare.config import LATENT_PARADIGMS
 from lare.model.sequence import Prompt, embed, encode_pixels, rope_positions
 from lare.processor import parse_box
 
@@ -51,7 +52,7 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
     then stops only when every rank's samples are done, and in the crop paradigm the vision tower runs
     at each step on every rank (on a blank placeholder where a rank has no crop to encode)."""
     p, m, data = model.processor, model.cfg.method, model.cfg.data
-    latent_mode = model.paradigm in ("latent", "lare")
+    latent_mode = model.paradigm in LATENT_PARADIGMS
     budget = max_new_tokens or (data.max_answer_tokens if latent_mode else data.max_new_tokens)
     B = batch.size
     device = batch.input_ids.device

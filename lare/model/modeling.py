@@ -30,14 +30,21 @@ from torch import nn
 
 from lare.backbone import load_backbone
 from lare.batch import Batch
-from lare.config import Config, ModelConfig
+from lare.config import LATENT_PARADIGMS, PARADIGMS, Config, ModelConfig
 from lare.model.generate import generate
 from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus
 from lare.model.losses import compute_loss
 from lare.model.sequence import LatentRun, Prompt, VisualContext
 from lare.processor import LaReProcessor
 
-ABLATIONS = ("none", "zero_latents", "uniform_refocus", "shuffle_refocus")
+# Evaluation-time ablations, and the paradigms each means something for: without latents there is nothing to zero,
+# and only lare has a refocus to make uniform or to shuffle.
+ABLATIONS = {
+    "none": PARADIGMS,
+    "zero_latents": LATENT_PARADIGMS,
+    "uniform_refocus": ("lare",),
+    "shuffle_refocus": ("lare",),
+}
 
 
 class LatentStep(NamedTuple):
@@ -52,7 +59,7 @@ class LaReModel(nn.Module):
         m = cfg.method
         self.paradigm = m.paradigm
         d = self.text_config.hidden_size
-        latent_mode = m.paradigm in ("latent", "lare")
+        latent_mode = m.paradigm in LATENT_PARADIGMS
         self.refocus = self.fusion = self.recon = self.align = self.pixel = self.stop = None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.model.seed + 1)
