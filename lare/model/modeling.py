@@ -31,6 +31,7 @@ from torch import nn
 from lare.backbone import load_backbone
 from lare.batch import Batch
 from lare.config import LATENT_PARADIGMS, PARADIGMS, Config, ModelConfig
+from lare.model.answer import Answer, answer
 from lare.model.generate import generate
 from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus
 from lare.model.losses import compute_loss
@@ -155,8 +156,15 @@ class LaReModel(nn.Module):
         if run is None:
             raise ValueError(f"mode must be 'loss' or 'generate', got {mode!r}")
         if ablation not in ABLATIONS:
-            raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+            raise ValueError(f"ablation must be one of {tuple(ABLATIONS)}, got {ablation!r}")
         return run(self, batch, ablation=ablation, **kwargs)
+
+    def answer(self, images, questions, choices=None, max_new_tokens: int | None = None,
+               return_refocus: bool = True, **kwargs) -> list[Answer]:
+        """Answers to questions about images (PIL images, paths or bytes), each with its token account and, for
+        lare, where each latent step looked (lare.model.answer)."""
+        return answer(self, images, questions, choices, max_new_tokens=max_new_tokens,
+                      return_refocus=return_refocus, **kwargs)
 
     # ---- the latent step ---------------------------------------------------------------------
     def latent_input(self, h: torch.Tensor, visual: VisualContext | None, lm_attention: torch.Tensor | None = None,

@@ -289,7 +289,7 @@ def test_answer_tokens_weigh_the_same_whatever_the_rationale_length(paradigm, re
 def test_model_modules_import_only_the_ones_below_them():
     """lare/model reads top to bottom, each file using only those before it: no import loop, not even one
     hidden inside a function."""
-    order = ["heads", "sequence", "losses", "generate", "modeling"]
+    order = ["heads", "sequence", "losses", "generate", "answer", "modeling"]
     folder = Path(lare.model.__file__).parent
     assert sorted(f.stem for f in folder.glob("*.py")) == sorted([*order, "__init__"])
     for i, name in enumerate(order):
@@ -299,3 +299,45 @@ def test_model_modules_import_only_the_ones_below_them():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             imported |= {m.split(".")[2] for m in modules if m.startswith("lare.model.")}
         assert imported <= set(order[:i]), f"{name}.py imports {sorted(imported - set(order[:i]))}"
+
+
+@pytest.mark.parametrize("paradigm", ["lare", "crop", "direct"])
+def test_answer_is_generate_on_the_same_input(records, paradigm, tmp_path):
+    """model.answer from PIL images, paths or bytes is the generation of the same prompt batch, with the token
+    account and, for lare, a normalised refocus map per latent step and its strongest regions as boxes."""
+    import io
+
+    from lare.batch import Example
+
+    model, cfg = build("tiny-qwen3-vl", paradigm)
+    model.eval()
+    images = [examples(records[:2])[i].image for i in range(2)]
+    questions = ["What colour is the star?", "How many shapes are there?"]
+    as_bytes = io.BytesIO()
+    images[1].save(as_bytes, "PNG")
+    images[0].save(tmp_path / "first.png")
+    got = model.answer([tmp_path / "first.png", as_bytes.getvalue()], questions, max_new_tokens=6)
+    batch = build_batch([Example(str(i), im, q, [], "", []) for i, (im, q) in enumerate(zip(images, questions))],
+                        model.processor, cfg, prompt_only=True)
+    gen = model(batch, mode="generate", max_new_tokens=6)
+    assert [a.answer for a in got] == gen.answers and [a.text for a in got] == gen.texts
+    assert [a.tokens for a in got] == gen.tokens
+    for a in got:
+        assert a.tokens["total"] == sum(v for k, v in a.tokens.items() if k != "total")
+        if paradigm == "lare":
+            assert len(a.refocus) == cfg.method.latent_steps
+            step = a.refocus[0]
+            rows, cols = step.grid
+            assert len(step.weights) == rows and len(step.weights[0]) == cols
+            assert sum(map(sum, step.weights)) == pytest.approx(1.0, abs=1e-4)
+            flat = [w for row in step.weights for w in row]
+            best = max(range(len(flat)), key=flat.__getitem__)
+            assert step.regions[0] == pytest.approx([(best % cols) / cols, (best // cols) / rows,
+                                                      (best % cols + 1) / cols, (best // cols + 1) / rows])
+        else:
+            assert a.refocus == []
+    assert model.answer([images[0]], ["Which?"], return_refocus=False)[0].refocus == []
+    with pytest.raises(ValueError, match="2 images but 1 questions"):
+        model.answer(images, questions[:1])
+    with pytest.raises(TraceError, match="image 0: not a readable image"):
+        model.answer([b"not an image"], ["Which?"])
