@@ -21,7 +21,7 @@ $(PY):
 # torch first and pinned: the CPU wheel on this disk (a bare `torch` would pull a multi-GB CUDA build).
 install: $(PY)
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,serve]"
 
 # Builds the refocus traces, trains the tiny default with Ray Train, evaluates on the test split, prints
 # the result table and the MLflow UI command. Ray is started on 127.0.0.1 and shut down at the end.

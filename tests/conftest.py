@@ -4,7 +4,6 @@ tracking server."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ os.environ.update(AWS_ACCESS_KEY_ID="lare-fake-key-id", AWS_SECRET_ACCESS_KEY=FA
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tests.helpers import record  # noqa: E402
+from tests.helpers import free_loopback_port, record  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -43,15 +42,9 @@ def records():
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def free_port() -> int:
-    return _free_port()
+    return free_loopback_port()
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +90,7 @@ def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 60)
 def moto_s3():
     """A real S3 endpoint (moto_server) on 127.0.0.1 (pyarrow's C++ S3 client ignores moto's in-process mock).
     Yields its URL and points AWS_ENDPOINT_URL at it for the module."""
-    port = _free_port()
+    port = free_loopback_port()
     exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -116,7 +109,7 @@ def moto_s3():
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite store, local artifacts) on a free loopback port; yields its URI."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_loopback_port()
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
     proc = subprocess.Popen([exe, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                              "--artifacts-destination", (root / "artifacts").as_uri(), "--host", "127.0.0.1",

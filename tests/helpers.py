@@ -56,3 +56,11 @@ class FailOnce:
             time.sleep(0.5)
         Path(self.marker).touch()  # once: the restarted worker goes on
         os._exit(1)
+
+
+def free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -97,3 +97,40 @@ def refocus_heatmap(image: bytes, maps: list, path: Path, title: str = "", regio
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def refocus_figure(image: bytes, steps: list[dict], title: str = "") -> bytes:
+    """PNG: for each latent step, the plain image with the step's strongest regions outlined, and beside it (never
+    over it, so the colours asked about stay visible) its refocus map on a grey scale with a colourbar.
+    steps: the `lare.refocus` entries of an answer (grid, weights, regions)."""
+    img = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+    height, width = img.shape[:2]
+    n = max(1, len(steps))
+    fig, axes = plt.subplots(n, 2, figsize=(6.4, 2.9 * n * max(0.6, height / width) + 0.5), squeeze=False)
+    for k in range(n):
+        plain, heat = axes[k]
+        plain.imshow(img)
+        plain.axis("off")
+        if not steps:
+            plain.set_title("no latent steps (this paradigm does not refocus)", fontsize=8)
+            heat.axis("off")
+            continue
+        step = steps[k]
+        for rank, (x0, y0, x1, y1) in enumerate(step["regions"]):
+            plain.add_patch(plt.Rectangle((x0 * width, y0 * height), (x1 - x0) * width, (y1 - y0) * height,
+                                          fill=False, edgecolor="white" if rank else "black", linewidth=2 - 0.5 * rank))
+        plain.set_title(f"step {step['step']}: image, top regions", fontsize=8)
+        weights = np.asarray(step["weights"], dtype=np.float32)
+        shown = heat.imshow(weights, cmap="Greys", vmin=0.0, vmax=max(float(weights.max()), 2.0 / weights.size),
+                            extent=(0, width, height, 0), interpolation="nearest")
+        heat.set_title(f"refocus map {weights.shape[0]}x{weights.shape[1]} (max {weights.max():.2f})", fontsize=8)
+        heat.set_xticks([])
+        heat.set_yticks([])
+        fig.colorbar(shown, ax=heat, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)
+    return out.getvalue()
