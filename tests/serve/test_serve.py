@@ -217,3 +217,47 @@ def test_the_command_line_serves_on_loopback_and_stops_on_ctrl_c(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # our own child's process group, by its PID
             proc.wait()
+
+
+def test_the_page_in_a_real_browser(served, tmp_path):
+    """Headless Chromium from Debian's packages through its own chromedriver (nothing downloaded): load the page,
+    give it an image and a question, wait for the answer and the step maps, keep a screenshot."""
+    import os
+    import shutil
+
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+        pytest.skip("chromium / chromedriver not installed (apt-get install -y chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1600"):
+        options.add_argument(flag)
+    image = tmp_path / "scene.png"
+    image.write_bytes(png_bytes(160, 120, seed=5))
+    browser = webdriver.Chrome(service=Service(driver_bin), options=options)
+    try:
+        browser.get(served["url"] + "/")
+        WebDriverWait(browser, 30).until(lambda b: "paradigm lare" in b.find_element(By.ID, "model").text)
+        picker = browser.find_element(By.ID, "file")
+        browser.execute_script("arguments[0].hidden = false", picker)
+        picker.send_keys(str(image))
+        browser.find_element(By.ID, "question").send_keys("What colour is the star?")
+        WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "preview").get_attribute("src").startswith("data:"))
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "steps").get_attribute("data-ready"))
+        expected = served["model"].answer([image], ["What colour is the star?"])[0]
+        assert browser.find_element(By.ID, "answer").text == expected.answer
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#steps .step")) == len(expected.refocus) == 3
+        assert f"<td>{expected.tokens['total']}</td>" in browser.find_element(By.ID, "tokens").get_attribute("innerHTML")
+        assert browser.find_element(By.ID, "error").text == ""
+        shot = Path(os.environ.get("LARE_SCREENSHOTS", tmp_path)) / "serve-page.png"
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        browser.quit()
