@@ -8,6 +8,8 @@
 - RayCluster / RayJob against the openAPIV3Schema of KubeRay's CRDs (../shared/schemas/kuberay or
   $KUBERAY_CRDS), strict likewise, plus the few rules the CRDs state only in prose (submission modes,
   replica bounds);
+- Ray Serve configs (infra/serve/*.yaml) against Ray's own ServeDeploySchema,
+  and strict: keys Ray would silently drop are errors;
 - kustomizations: every resource and patch they name exists, every patch targets an object the
   kustomization has, every JSON patch path exists in its target, every image override names an image in use.
   This checks references, not the merge itself: `kubectl kustomize` does that when it is installed
@@ -31,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 K8S_VERSION = "1.33"
 CRD_DIR = Path(os.environ.get("KUBERAY_CRDS", REPO.parent / "shared" / "schemas" / "kuberay"))
+SERVE_DIR = REPO / "infra" / "serve"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
 
@@ -132,6 +135,57 @@ def validate_kuberay(doc: dict) -> list[str]:
         if not lo <= n <= hi:
             errors.append(f"{where}: worker group {group_spec.get('groupName')}: replicas {n} outside [{lo}, {hi}]")
     return errors
+
+
+# ---- Ray Serve configs -----------------------------------------------------------------------------------
+def validate_serve_config(config) -> list[str]:
+    """A Serve config (a `serve deploy` file) against Ray's own ServeDeploySchema, and
+    strict: Ray's models ignore fields they do not know (forward compatibility), so a misspelt `num_gpu` would
+    deploy replicas without GPUs and say nothing."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    if not isinstance(config, dict):
+        return [f"<root>: a Serve config is a mapping, not {type(config).__name__}"]
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValidationError as e:
+        return [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()]
+    return _unknown_keys(ServeDeploySchema, config, "")
+
+
+def _model_classes(annotation) -> list[type]:
+    """The pydantic models a field's annotation admits (through Optional, Union, List)."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _model_classes(arg)]
+
+
+def _unknown_keys(model: type, raw: dict, where: str) -> list[str]:
+    errors = []
+    fields = model.model_fields
+    names = {alias: n for n, f in fields.items() for alias in (n, f.alias) if alias}
+    for key, value in raw.items():
+        at = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            errors.append(f"{at}: not a field of Ray's {model.__name__} (Ray would ignore it)")
+            continue
+        models = _model_classes(fields[names[key]].annotation)
+        if not models:
+            continue  # a free-form dict (args, runtime_env) or a scalar: the builder or Ray's validators judge it
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                errors += _unknown_keys(models[0], item, f"{at}.{i}" if isinstance(value, list) else at)
+    return errors
+
+
+def serve_files(root: Path = SERVE_DIR) -> list[Path]:
+    return sorted(root.glob("*.yaml")) if root.is_dir() else []
 
 
 def validate_core(doc: dict) -> list[str]:
@@ -274,6 +328,9 @@ def main() -> int:
             problems += [f"{_rel(f)}: {e}" for e in validate_doc(doc)]
     for k in kustomizations():
         problems += check_kustomization(k)
+    for f in serve_files():
+        for doc in load_docs(f):
+            problems += [f"{_rel(f)}: {e}" for e in validate_serve_config(doc)]
     if kustomize_command():
         for overlay in sorted((HERE / "overlays").iterdir()):
             try:
