@@ -5,10 +5,10 @@
 
 - core resources (Deployment, Service, PVC, ...) against the Kubernetes OpenAPI schemas of K8S_VERSION
   (kubernetes-validate, strict: unknown fields are errors, as with kubectl's default --validate=strict);
-- RayCluster / RayJob against the openAPIV3Schema of KubeRay's CRDs (../shared/schemas/kuberay or
+- RayCluster / RayJob / RayService against the openAPIV3Schema of KubeRay's CRDs (../shared/schemas/kuberay or
   $KUBERAY_CRDS), strict likewise, plus the few rules the CRDs state only in prose (submission modes,
-  replica bounds);
-- Ray Serve configs (infra/serve/*.yaml) against Ray's own ServeDeploySchema,
+  replica bounds, what a RayService needs to get its serve Service and ready workers);
+- Ray Serve configs (infra/serve/*.yaml and every RayService's serveConfigV2) against Ray's own ServeDeploySchema,
   and strict: keys Ray would silently drop are errors;
 - kustomizations: every resource and patch they name exists, every patch targets an object the
   kustomization has, every JSON patch path exists in its target, every image override names an image in use.
@@ -34,8 +34,16 @@ REPO = HERE.parents[1]
 K8S_VERSION = "1.33"
 CRD_DIR = Path(os.environ.get("KUBERAY_CRDS", REPO.parent / "shared" / "schemas" / "kuberay"))
 SERVE_DIR = REPO / "infra" / "serve"
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
+             "RayService": "ray.io_rayservices.yaml"}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+# KubeRay (ray-operator/controllers/ray/utils): RayService names are capped so that the RayCluster it generates
+# (name + 6 characters) keeps its "-serve-svc" Service name within 63; the upgrade types it accepts; the name of the
+# container port its serve Service and worker readiness probe use, and the port they assume without one.
+MAX_RAYSERVICE_NAME = 47
+RAYSERVICE_UPGRADES = {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}
+SERVE_PORT_NAME, DEFAULT_SERVE_PORT = "serve", 8000
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are 1-2 MB of YAML
@@ -125,6 +133,9 @@ def validate_kuberay(doc: dict) -> list[str]:
         if not spec.get("entrypoint") and mode != "InteractiveMode":
             errors.append(f"{where}: spec.entrypoint is required")
         cluster = spec.get("rayClusterSpec")
+    elif kind == "RayService":
+        errors += rayservice_rules(doc, where)
+        cluster = spec.get("rayClusterConfig")
     else:
         cluster = spec
     for group_spec in (cluster or {}).get("workerGroupSpecs", []) or []:
@@ -137,9 +148,64 @@ def validate_kuberay(doc: dict) -> list[str]:
     return errors
 
 
+def _ports(container: dict) -> dict[str, int]:
+    return {p.get("name"): p.get("containerPort") for p in container.get("ports", []) or [] if isinstance(p, dict)}
+
+
+def rayservice_rules(doc: dict, where: str) -> list[str]:
+    """What KubeRay checks or assumes about a RayService beyond its schema, and its serveConfigV2 checked as
+    `serve deploy` would (the operator submits it to the dashboard without looking inside)."""
+    errors = []
+    spec = doc.get("spec", {})
+    name = doc.get("metadata", {}).get("name", "")
+    if len(name) > MAX_RAYSERVICE_NAME:
+        errors.append(f"{where}: name longer than {MAX_RAYSERVICE_NAME} characters (KubeRay rejects it)")
+    upgrade = (spec.get("upgradeStrategy") or {}).get("type")
+    if upgrade is not None and upgrade not in RAYSERVICE_UPGRADES:
+        errors.append(f"{where}: spec.upgradeStrategy.type {upgrade!r} is not one of {sorted(RAYSERVICE_UPGRADES)}")
+    cluster = spec.get("rayClusterConfig") or {}
+    if (cluster.get("authOptions") or {}).get("enableK8sTokenAuth"):
+        errors.append(f"{where}: authOptions.enableK8sTokenAuth is not supported for a RayService")
+    text = spec.get("serveConfigV2")
+    if not text:
+        return errors + [f"{where}: spec.serveConfigV2 is empty: the cluster would run without an application"]
+    if not isinstance(text, str):
+        return errors  # a type error, reported by the schema
+    try:
+        serve = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        return errors + [f"{where}: spec.serveConfigV2 is not YAML: {' '.join(str(e).split())}"]
+    serve_errors = validate_serve_config(serve)
+    errors += [f"{where}: spec.serveConfigV2: {e}" for e in serve_errors]
+    if serve_errors:
+        return errors
+    http = serve.get("http_options") or {}
+    port = http.get("port", DEFAULT_SERVE_PORT)
+    if http.get("host", "0.0.0.0") in LOOPBACK_HOSTS:
+        errors.append(f"{where}: serveConfigV2 http_options.host {http['host']!r}: the serve Service reaches the "
+                      "proxies at the pod IP, not its loopback")
+    if serve.get("proxy_location", "EveryNode") != "EveryNode":
+        errors.append(f"{where}: serveConfigV2 proxy_location {serve['proxy_location']!r}: KubeRay's readiness probe "
+                      "asks every worker's proxy, so it must be EveryNode")
+    head = ((cluster.get("headGroupSpec") or {}).get("template") or {}).get("spec", {}).get("containers") or [{}]
+    head_port = _ports(head[0]).get(SERVE_PORT_NAME)
+    if head_port is None:
+        errors.append(f"{where}: the head container has no port named {SERVE_PORT_NAME!r}: KubeRay creates no "
+                      "serve Service")
+    elif head_port != port:
+        errors.append(f"{where}: head port {SERVE_PORT_NAME!r} is {head_port}, the proxies listen on {port}")
+    for group in cluster.get("workerGroupSpecs", []) or []:
+        containers = (group.get("template") or {}).get("spec", {}).get("containers") or [{}]
+        probed = _ports(containers[0]).get(SERVE_PORT_NAME, DEFAULT_SERVE_PORT)
+        if probed != port:
+            errors.append(f"{where}: worker group {group.get('groupName')}: readiness probe on port {probed}, "
+                          f"the proxies listen on {port}")
+    return errors
+
+
 # ---- Ray Serve configs -----------------------------------------------------------------------------------
 def validate_serve_config(config) -> list[str]:
-    """A Serve config (a `serve deploy` file) against Ray's own ServeDeploySchema, and
+    """A Serve config (a `serve deploy` file, a RayService's serveConfigV2) against Ray's own ServeDeploySchema, and
     strict: Ray's models ignore fields they do not know (forward compatibility), so a misspelt `num_gpu` would
     deploy replicas without GPUs and say nothing."""
     from pydantic import ValidationError
