@@ -5,9 +5,11 @@
 
 - core resources (Deployment, Service, PVC, ...) against the Kubernetes OpenAPI schemas of K8S_VERSION
   (kubernetes-validate, strict: unknown fields are errors, as with kubectl's default --validate=strict);
-- RayCluster / RayJob against the openAPIV3Schema of KubeRay's CRDs (../shared/schemas/kuberay or
+- RayCluster / RayJob / RayService against the openAPIV3Schema of KubeRay's CRDs (../shared/schemas/kuberay or
   $KUBERAY_CRDS), strict likewise, plus the few rules the CRDs state only in prose (submission modes,
-  replica bounds);
+  replica bounds, what a RayService needs to get its serve Service and ready workers);
+- Ray Serve configs (infra/serve/*.yaml and every RayService's serveConfigV2) against Ray's own ServeDeploySchema,
+  and strict: keys Ray would silently drop are errors;
 - kustomizations: every resource and patch they name exists, every patch targets an object the
   kustomization has, every JSON patch path exists in its target, every image override names an image in use.
   This checks references, not the merge itself: `kubectl kustomize` does that when it is installed
@@ -31,8 +33,17 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 K8S_VERSION = "1.33"
 CRD_DIR = Path(os.environ.get("KUBERAY_CRDS", REPO.parent / "shared" / "schemas" / "kuberay"))
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+SERVE_DIR = REPO / "infra" / "serve"
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
+             "RayService": "ray.io_rayservices.yaml"}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+# KubeRay (ray-operator/controllers/ray/utils): RayService names are capped so that the RayCluster it generates
+# (name + 6 characters) keeps its "-serve-svc" Service name within 63; the upgrade types it accepts; the name of the
+# container port its serve Service and worker readiness probe use, and the port they assume without one.
+MAX_RAYSERVICE_NAME = 47
+RAYSERVICE_UPGRADES = {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}
+SERVE_PORT_NAME, DEFAULT_SERVE_PORT = "serve", 8000
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are 1-2 MB of YAML
@@ -122,6 +133,9 @@ def validate_kuberay(doc: dict) -> list[str]:
         if not spec.get("entrypoint") and mode != "InteractiveMode":
             errors.append(f"{where}: spec.entrypoint is required")
         cluster = spec.get("rayClusterSpec")
+    elif kind == "RayService":
+        errors += rayservice_rules(doc, where)
+        cluster = spec.get("rayClusterConfig")
     else:
         cluster = spec
     for group_spec in (cluster or {}).get("workerGroupSpecs", []) or []:
@@ -132,6 +146,112 @@ def validate_kuberay(doc: dict) -> list[str]:
         if not lo <= n <= hi:
             errors.append(f"{where}: worker group {group_spec.get('groupName')}: replicas {n} outside [{lo}, {hi}]")
     return errors
+
+
+def _ports(container: dict) -> dict[str, int]:
+    return {p.get("name"): p.get("containerPort") for p in container.get("ports", []) or [] if isinstance(p, dict)}
+
+
+def rayservice_rules(doc: dict, where: str) -> list[str]:
+    """What KubeRay checks or assumes about a RayService beyond its schema, and its serveConfigV2 checked as
+    `serve deploy` would (the operator submits it to the dashboard without looking inside)."""
+    errors = []
+    spec = doc.get("spec", {})
+    name = doc.get("metadata", {}).get("name", "")
+    if len(name) > MAX_RAYSERVICE_NAME:
+        errors.append(f"{where}: name longer than {MAX_RAYSERVICE_NAME} characters (KubeRay rejects it)")
+    upgrade = (spec.get("upgradeStrategy") or {}).get("type")
+    if upgrade is not None and upgrade not in RAYSERVICE_UPGRADES:
+        errors.append(f"{where}: spec.upgradeStrategy.type {upgrade!r} is not one of {sorted(RAYSERVICE_UPGRADES)}")
+    cluster = spec.get("rayClusterConfig") or {}
+    if (cluster.get("authOptions") or {}).get("enableK8sTokenAuth"):
+        errors.append(f"{where}: authOptions.enableK8sTokenAuth is not supported for a RayService")
+    text = spec.get("serveConfigV2")
+    if not text:
+        return errors + [f"{where}: spec.serveConfigV2 is empty: the cluster would run without an application"]
+    if not isinstance(text, str):
+        return errors  # a type error, reported by the schema
+    try:
+        serve = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        return errors + [f"{where}: spec.serveConfigV2 is not YAML: {' '.join(str(e).split())}"]
+    serve_errors = validate_serve_config(serve)
+    errors += [f"{where}: spec.serveConfigV2: {e}" for e in serve_errors]
+    if serve_errors:
+        return errors
+    http = serve.get("http_options") or {}
+    port = http.get("port", DEFAULT_SERVE_PORT)
+    if http.get("host", "0.0.0.0") in LOOPBACK_HOSTS:
+        errors.append(f"{where}: serveConfigV2 http_options.host {http['host']!r}: the serve Service reaches the "
+                      "proxies at the pod IP, not its loopback")
+    if serve.get("proxy_location", "EveryNode") != "EveryNode":
+        errors.append(f"{where}: serveConfigV2 proxy_location {serve['proxy_location']!r}: KubeRay's readiness probe "
+                      "asks every worker's proxy, so it must be EveryNode")
+    head = ((cluster.get("headGroupSpec") or {}).get("template") or {}).get("spec", {}).get("containers") or [{}]
+    head_port = _ports(head[0]).get(SERVE_PORT_NAME)
+    if head_port is None:
+        errors.append(f"{where}: the head container has no port named {SERVE_PORT_NAME!r}: KubeRay creates no "
+                      "serve Service")
+    elif head_port != port:
+        errors.append(f"{where}: head port {SERVE_PORT_NAME!r} is {head_port}, the proxies listen on {port}")
+    for group in cluster.get("workerGroupSpecs", []) or []:
+        containers = (group.get("template") or {}).get("spec", {}).get("containers") or [{}]
+        probed = _ports(containers[0]).get(SERVE_PORT_NAME, DEFAULT_SERVE_PORT)
+        if probed != port:
+            errors.append(f"{where}: worker group {group.get('groupName')}: readiness probe on port {probed}, "
+                          f"the proxies listen on {port}")
+    return errors
+
+
+# ---- Ray Serve configs -----------------------------------------------------------------------------------
+def validate_serve_config(config) -> list[str]:
+    """A Serve config (a `serve deploy` file, a RayService's serveConfigV2) against Ray's own ServeDeploySchema, and
+    strict: Ray's models ignore fields they do not know (forward compatibility), so a misspelt `num_gpu` would
+    deploy replicas without GPUs and say nothing."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    if not isinstance(config, dict):
+        return [f"<root>: a Serve config is a mapping, not {type(config).__name__}"]
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValidationError as e:
+        return [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()]
+    return _unknown_keys(ServeDeploySchema, config, "")
+
+
+def _model_classes(annotation) -> list[type]:
+    """The pydantic models a field's annotation admits (through Optional, Union, List)."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _model_classes(arg)]
+
+
+def _unknown_keys(model: type, raw: dict, where: str) -> list[str]:
+    errors = []
+    fields = model.model_fields
+    names = {alias: n for n, f in fields.items() for alias in (n, f.alias) if alias}
+    for key, value in raw.items():
+        at = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            errors.append(f"{at}: not a field of Ray's {model.__name__} (Ray would ignore it)")
+            continue
+        models = _model_classes(fields[names[key]].annotation)
+        if not models:
+            continue  # a free-form dict (args, runtime_env) or a scalar: the builder or Ray's validators judge it
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                errors += _unknown_keys(models[0], item, f"{at}.{i}" if isinstance(value, list) else at)
+    return errors
+
+
+def serve_files(root: Path = SERVE_DIR) -> list[Path]:
+    return sorted(root.glob("*.yaml")) if root.is_dir() else []
 
 
 def validate_core(doc: dict) -> list[str]:
@@ -274,6 +394,9 @@ def main() -> int:
             problems += [f"{_rel(f)}: {e}" for e in validate_doc(doc)]
     for k in kustomizations():
         problems += check_kustomization(k)
+    for f in serve_files():
+        for doc in load_docs(f):
+            problems += [f"{_rel(f)}: {e}" for e in validate_serve_config(doc)]
     if kustomize_command():
         for overlay in sorted((HERE / "overlays").iterdir()):
             try:

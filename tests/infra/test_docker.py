@@ -77,7 +77,10 @@ def test_training_image():
     joined = " && ".join(runs)
     assert "python3.11" in joined and "/opt/venv" in joined
     torch_i = next(i for i, r in enumerate(runs) if "torch==" in r)
-    proj_i = next(i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))
+    proj_i = next(i for i, r in enumerate(runs) if re.search(r"pip install \"?\.(\[[\w,]+\])?\"?(\s|$)", r))
+    # The RayService (infra/k8s/serve) runs Ray Serve in this image: the project's serve extra must be installed.
+    extras = re.search(r"pip install \"?\.(\[([\w,]+)\])?", runs[proj_i]).group(2) or ""
+    assert "serve" in extras.split(","), runs[proj_i]
     assert torch_i < proj_i, "torch (pinned CUDA build) must be installed before the project"
     assert re.search(r"torch==\d+\.\d+\.\d+", runs[torch_i]) and "download.pytorch.org/whl/cu" in runs[torch_i]
     assert "wget" in joined and "bash" in joined  # KubeRay's probes and pod command

@@ -1,6 +1,7 @@
 """infra/k8s offline: YAML parses, core objects pass kubernetes-validate (strict), KubeRay objects pass the
-CRDs' openAPIV3Schema (strict), kustomizations reference what exists, the overlays build (when kubectl or
-kustomize is installed), and the manifests say what a production KubeRay deployment needs."""
+CRDs' openAPIV3Schema (strict), the RayService's serveConfigV2 passes Ray's ServeDeploySchema (strict) and agrees
+with infra/serve/lare.yaml, kustomizations reference what exists, the overlays build (when kubectl or kustomize is
+installed), and the manifests say what a production KubeRay deployment needs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from infra.k8s import check
 
 K8S = REPO / "infra" / "k8s"
 OVERLAYS = {"dev": "lare-dev", "prod": "lare"}
+SERVE_OVERLAYS = {"prod-serve": ("lare", "prod")}  # serving overlay: (namespace, the platform overlay it runs beside)
+SERVE_CONFIG = REPO / "infra" / "serve" / "lare.yaml"
 needs_crds = pytest.mark.skipif(not (KUBERAY_SCHEMAS / "ray.io_rayjobs.yaml").is_file(),
                                 reason=f"KubeRay CRDs not found at {KUBERAY_SCHEMAS} (../shared/schemas/kuberay)")
 needs_kustomize = pytest.mark.skipif(check.kustomize_command() is None,
@@ -40,7 +43,9 @@ def base_object(kind: str, name: str | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def rendered():
-    return {name: check.rendered(K8S / "overlays" / name) for name in OVERLAYS} if check.kustomize_command() else {}
+    if not check.kustomize_command():
+        return {}
+    return {name: check.rendered(K8S / "overlays" / name) for name in [*OVERLAYS, *SERVE_OVERLAYS]}
 
 
 def test_every_yaml_under_infra_parses():
@@ -125,7 +130,7 @@ def test_kubernetes_validate_catches_mistakes():
 
 
 @needs_crds
-@pytest.mark.parametrize("path", ["base/rayjob.yaml", "interactive/raycluster.yaml"])
+@pytest.mark.parametrize("path", ["base/rayjob.yaml", "interactive/raycluster.yaml", "serve/rayservice.yaml"])
 def test_kuberay_objects_pass_the_crd_schemas(path):
     for doc in docs_of(path):
         assert doc["apiVersion"] == "ray.io/v1"
@@ -156,10 +161,74 @@ def test_crd_validation_catches_mistakes():
             assert expected in " ".join(errors), errors
 
 
+def _serve_config_of(rs: dict) -> dict:
+    return yaml.safe_load(rs["spec"]["serveConfigV2"])
+
+
+def _with_serve_config(rs: dict, mutate) -> dict:
+    cfg = _serve_config_of(rs)
+    mutate(cfg)
+    rs["spec"]["serveConfigV2"] = yaml.safe_dump(cfg, sort_keys=False)
+    return rs
+
+
+@needs_crds
+def test_rayservice_validation_catches_mistakes():
+    rs = base_object("RayService")
+    cluster = lambda d: d["spec"]["rayClusterConfig"]  # noqa: E731
+    head = lambda d: cluster(d)["headGroupSpec"]["template"]["spec"]["containers"][0]  # noqa: E731
+    worker = lambda d: cluster(d)["workerGroupSpecs"][0]  # noqa: E731
+    app = lambda c: c["applications"][0]  # noqa: E731
+    cases = {
+        # the CRD, strictly: unknown fields at the top, in the cluster and in a pod template; types; required fields
+        "'serveConfig' was unexpected": lambda d: d["spec"].update(serveConfig="x"),
+        "'enableInTreeAutoscalin' was unexpected": lambda d: cluster(d).update(enableInTreeAutoscalin=True),
+        "'volumMounts' was unexpected": lambda d: head(d).update(volumMounts=[]),
+        "'rayClusterConfig' is a required property": lambda d: d["spec"].pop("rayClusterConfig"),
+        "is not of type 'integer'": lambda d: worker(d).update(maxReplicas="4"),
+        "is not of type 'string'": lambda d: d["spec"].update(serveConfigV2={"applications": []}),
+        # what KubeRay states in prose
+        "outside [1, 4]": lambda d: worker(d).update(replicas=5),
+        "upgradeStrategy.type 'Recreate'": lambda d: d["spec"]["upgradeStrategy"].update(type="Recreate"),
+        "longer than 47": lambda d: d["metadata"].update(name="lare-" + "x" * 43),
+        "no port named 'serve'": lambda d: head(d).update(ports=[p for p in head(d)["ports"] if p["name"] != "serve"]),
+        "readiness probe on port 8001": lambda d: worker(d)["template"]["spec"]["containers"][0].update(
+            ports=[{"name": "serve", "containerPort": 8001}]),
+        "serveConfigV2 is empty": lambda d: d["spec"].pop("serveConfigV2"),
+        "serveConfigV2 is not YAML": lambda d: d["spec"].update(serveConfigV2="applications: [\n"),
+        # serveConfigV2 against Ray's ServeDeploySchema, and the keys Ray would drop
+        "num_gpu: not a field of Ray's RayActorOptionsSchema": lambda d: _with_serve_config(
+            d, lambda c: app(c)["deployments"][0]["ray_actor_options"].update(num_gpu=1)),
+        "max_replica: not a field of Ray's AutoscalingConfig": lambda d: _with_serve_config(
+            d, lambda c: app(c)["deployments"][0]["autoscaling_config"].update(max_replica=8)),
+        "Manually setting num_replicas is not allowed": lambda d: _with_serve_config(
+            d, lambda c: app(c)["deployments"][0].update(num_replicas=2)),
+        "import path may have at most one colon": lambda d: _with_serve_config(
+            d, lambda c: app(c).update(import_path="lare.serve:app:app_builder")),
+        "greater than or equal to 0": lambda d: _with_serve_config(
+            d, lambda c: app(c)["deployments"][0]["ray_actor_options"].update(num_gpus=-1)),
+        "http_options.host '127.0.0.1'": lambda d: _with_serve_config(
+            d, lambda c: c["http_options"].update(host="127.0.0.1")),
+        "head port 'serve' is 8000, the proxies listen on 9000": lambda d: _with_serve_config(
+            d, lambda c: c["http_options"].update(port=9000)),
+        "proxy_location 'HeadOnly'": lambda d: _with_serve_config(d, lambda c: c.update(proxy_location="HeadOnly")),
+    }
+    for expected, mutate in cases.items():
+        bad = copy.deepcopy(rs)
+        mutate(bad)
+        errors = check.validate_kuberay(bad)
+        assert expected in " | ".join(errors), (expected, errors)
+    assert check.validate_kuberay(copy.deepcopy(rs)) == []
+
+
 def test_kustomizations_reference_what_exists():
     problems = [p for k in check.kustomizations(K8S) for p in check.check_kustomization(k)]
     assert problems == []
-    assert {k.parent.name for k in check.kustomizations(K8S)} >= {"base", "dev", "prod", "interactive"}
+    assert {k.parent.name for k in check.kustomizations(K8S)} >= {"base", "dev", "prod", "interactive", "serve",
+                                                                   "prod-serve"}
+    # Serving is applied on its own, after training has exported a model: no platform overlay includes it.
+    for overlay in OVERLAYS:
+        assert "RayService" not in {d["kind"] for d in check._objects(K8S / "overlays" / overlay)}
 
 
 def test_reference_check_catches_broken_kustomizations(tmp_path):
@@ -244,6 +313,37 @@ def test_overlay_specifics(rendered):
     assert ":0.1.0" in workers["template"]["spec"]["containers"][0]["image"]
 
 
+@needs_kustomize
+@pytest.mark.parametrize("overlay", SERVE_OVERLAYS)
+def test_serve_overlay_builds_and_runs_the_platform_image(rendered, overlay):
+    namespace, platform = SERVE_OVERLAYS[overlay]
+    docs = rendered[overlay]
+    assert [d["kind"] for d in docs] == ["RayService"]  # the platform comes from its own overlay, applied first
+    (rs,) = docs
+    if (KUBERAY_SCHEMAS / "ray.io_rayservices.yaml").is_file():
+        assert check.validate_doc(rs) == []
+    assert rs["metadata"]["namespace"] == namespace
+    assert rs["metadata"]["labels"]["app.kubernetes.io/part-of"] == "lare"
+    platform_images = {c["image"] for d in rendered[platform] for c in _containers(d) if "/lare:" in c["image"]}
+    serve_images = {c["image"] for c in _containers(rs)}
+    assert len(platform_images) == 1 and serve_images == platform_images  # training and serving on one release
+    platform_objects = {(d["kind"], d["metadata"]["name"]) for d in rendered[platform]}
+    for pod in (g["template"]["spec"] for g in [rs["spec"]["rayClusterConfig"]["headGroupSpec"],
+                                                *rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]]):
+        assert ("ServiceAccount", pod["serviceAccountName"]) in platform_objects
+        for c in pod["containers"]:
+            for ref in c["envFrom"]:
+                assert ("ConfigMap", ref["configMapRef"]["name"]) in platform_objects
+        for v in pod["volumes"]:
+            if "persistentVolumeClaim" in v:
+                assert ("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]) in platform_objects
+    workers = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    train = next(d for d in rendered[platform] if d["kind"] == "RayJob")["spec"]["rayClusterSpec"]
+    assert workers["nodeSelector"] == train["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"]
+    assert (rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["nodeSelector"]
+            == train["headGroupSpec"]["template"]["spec"]["nodeSelector"])
+
+
 def _pod_specs(cluster_spec: dict):
     yield "head", cluster_spec["headGroupSpec"]["template"]["spec"]
     for g in cluster_spec["workerGroupSpecs"]:
@@ -297,6 +397,112 @@ def test_interactive_raycluster_runs_the_same_pods_as_the_rayjob():
         assert a["minReplicas"] == 0 and a["maxReplicas"] >= 1
     assert cluster["enableInTreeAutoscaling"] is True and cluster["autoscalerOptions"]["idleTimeoutSeconds"] > 0
     assert cluster["authOptions"] == job["authOptions"]
+
+
+def _without_serve_port(pod: dict) -> dict:
+    pod = copy.deepcopy(pod)
+    for c in pod["containers"]:
+        c["ports"] = [p for p in c.get("ports", []) if p["name"] != "serve"]
+        if not c["ports"]:
+            del c["ports"]
+    return pod
+
+
+def test_rayservice_runs_the_training_pods_with_one_gpu_per_worker():
+    """The serving cluster is the RayJob's: same head (plus the serve port), workers from the same template but
+    sized for one replica (one GPU, a small object store), the autoscaler of the interactive cluster."""
+    job = base_object("RayJob")["spec"]["rayClusterSpec"]
+    svc = base_object("RayService")["spec"]["rayClusterConfig"]
+    assert svc["rayVersion"] == job["rayVersion"] and svc["authOptions"] == job["authOptions"]
+    head = copy.deepcopy(svc["headGroupSpec"])
+    head["template"]["spec"] = _without_serve_port(head["template"]["spec"])
+    assert head == job["headGroupSpec"]
+    assert svc["enableInTreeAutoscaling"] is True
+    assert svc["autoscalerOptions"] == docs_of("interactive/raycluster.yaml")[0]["spec"]["autoscalerOptions"]
+    (serve_group,), (train_group,) = svc["workerGroupSpecs"], job["workerGroupSpecs"]
+    pod, train_pod = _without_serve_port(serve_group["template"]["spec"]), train_group["template"]["spec"]
+    def unsized(p: dict) -> dict:  # everything but the size: resources and the /dev/shm volume
+        return {**p, "containers": [{k: v for k, v in c.items() if k != "resources"} for c in p["containers"]],
+                "volumes": [v for v in p["volumes"] if v["name"] != "dshm"]}
+
+    assert unsized(pod) == unsized(train_pod)
+    (c,) = pod["containers"]
+    assert c["resources"]["requests"] == c["resources"]["limits"]  # Guaranteed QoS, as training
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]
+    store = int(serve_group["rayStartParams"]["object-store-memory"])
+    assert shm["medium"] == "Memory" and store < _bytes(shm["sizeLimit"])  # Ray keeps its store in /dev/shm
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
+
+
+def _cpus(quantity) -> float:
+    q = str(quantity)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def test_rayservice_capacity_matches_the_serve_deployment():
+    """Every replica Serve may ask for fits a pod the cluster may add, and no pod is left without a replica."""
+    rs = base_object("RayService")["spec"]
+    cfg = _serve_config_of({"spec": rs})
+    (app,) = cfg["applications"]
+    (dep,) = app["deployments"]
+    (group,) = rs["rayClusterConfig"]["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    opts, scale, args = dep["ray_actor_options"], dep["autoscaling_config"], app["args"]
+    assert opts["num_gpus"] == args["num_gpus"] == int(limits["nvidia.com/gpu"])  # one replica per pod
+    assert opts["num_cpus"] < _cpus(limits["cpu"])  # room for the proxy and Ray's own processes
+    assert scale["max_replicas"] * opts["num_gpus"] == group["maxReplicas"] * int(limits["nvidia.com/gpu"])
+    assert scale["min_replicas"] * opts["num_gpus"] <= group["minReplicas"] * int(limits["nvidia.com/gpu"])
+    assert scale["min_replicas"] <= args["num_replicas"] <= scale["max_replicas"]
+    # Autoscaling reacts only below the replica's cap, and a replica can hold a full batch plus the next.
+    assert args["max_batch_size"] <= scale["target_ongoing_requests"] < dep["max_ongoing_requests"]
+    assert dep["max_ongoing_requests"] >= 2 * args["max_batch_size"]
+    assert scale["downscale_delay_s"] >= 300 > scale["upscale_delay_s"]  # replicas are slow to start, keep them
+
+
+def test_rayservice_serves_the_training_runs_export():
+    """The model is what the RayJob's run exports (lare.train.launch.storage: <storage_path>/<experiment>/export),
+    with a token budget that covers the config's own decoding."""
+    from lare.config import load_config
+
+    argv = shlex.split(base_object("RayJob")["spec"]["entrypoint"])
+    cfg = load_config(REPO / argv[argv.index("--config") + 1])
+    args = _serve_config_of(base_object("RayService"))["applications"][0]["args"]
+    assert args["model"] == f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.experiment}/export"
+    assert args["max_tokens_limit"] >= cfg.data.max_new_tokens
+
+
+def test_rayservice_is_reached_through_a_cluster_ip_only():
+    """Serve's HTTP proxy has no authentication of its own: no LoadBalancer or NodePort, no custom serve Service."""
+    rs = base_object("RayService")["spec"]
+    assert "serveService" not in rs
+    assert rs["rayClusterConfig"]["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+    assert rs["excludeHeadPodFromServeSvc"] is True  # requests go to the GPU workers' proxies, not the GCS's pod
+    assert rs["upgradeStrategy"]["type"] == "NewCluster"
+
+
+def test_rayservice_runs_the_application_of_the_serve_config():
+    """serveConfigV2 and infra/serve/lare.yaml are one application: the same builder, argument names, routes and
+    deployments. The values that differ are the cluster's: where the model is, GPUs, scaling, the bind address."""
+    cluster = _serve_config_of(base_object("RayService"))
+    local = check.load_docs(SERVE_CONFIG)[0]
+    for cfg in (cluster, local):
+        assert check.validate_serve_config(cfg) == []
+    (capp,), (lapp,) = cluster["applications"], local["applications"]
+    for key in ("name", "route_prefix", "import_path"):
+        assert capp[key] == lapp[key], key
+    assert set(capp["args"]) == set(lapp["args"])
+    assert [d["name"] for d in capp["deployments"]] == [d["name"] for d in lapp["deployments"]] == ["LaReServer"]
+    assert cluster["http_options"]["port"] == local["http_options"]["port"]
+    assert local["http_options"]["host"] == "127.0.0.1" and cluster["http_options"]["host"] == "0.0.0.0"
+    assert cluster["proxy_location"] == "EveryNode"
 
 
 def test_mlflow_deployment_and_service():
