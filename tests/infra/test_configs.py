@@ -17,7 +17,7 @@ from infra.k8s import check
 
 REAL = ["configs/qwen2.5-vl-7b.yaml", "configs/qwen3-vl-8b.yaml"]
 SERVE_CONFIG = REPO / "infra" / "serve" / "lare.yaml"
-# lare.serve.app:app_builder's arguments (issue 13): a renamed or dropped one must change this config too.
+# What the config gives lare.serve.app:app_builder: a renamed or dropped argument must change the config too.
 BUILDER_ARGS = {"model", "max_batch_size", "batch_wait_timeout_s", "max_tokens_limit", "image_root",
                 "max_image_bytes", "max_body_bytes", "num_gpus", "num_replicas"}
 
@@ -66,6 +66,10 @@ def test_serve_config_passes_rays_own_schema(serve_config):
     (app,) = schema.applications
     assert app.import_path == "lare.serve.app:app_builder" and app.route_prefix == "/"
     assert set(app.args) == BUILDER_ARGS
+    from lare.serve.app import DEFAULTS, app_builder
+
+    assert BUILDER_ARGS <= set(DEFAULTS) | {"model", "name"}  # the builder knows every one of them
+    assert app_builder(dict(app.args)) is not None  # and accepts these values (binding loads no model)
     assert app.deployment_names == ["LaReServer"]
     assert schema.http_options.host == "127.0.0.1" and schema.http_options.port == 8000  # loopback: no auth
     assert "runtime_env" not in serve_config["applications"][0]  # nothing Ray would write to its logs
