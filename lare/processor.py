@@ -206,10 +206,11 @@ class LaReProcessor:
                         crop_max_pixels: int | None = None) -> "LaReProcessor":
         path = Path(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        size = None
-        if min_pixels is not None and max_pixels is not None:
-            size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True, **({"size": size} if size else {}))
+        # As min_pixels / max_pixels, not as size=: a Hub checkpoint's preprocessor_config.json has its own
+        # min_pixels / max_pixels keys, and Qwen2VLImageProcessor lets those override a size given beside them (a
+        # configured 60-token limit would give a 1920x1080 image 2691 tokens).
+        limits = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True, **limits)
         extra = path / "lare_processor.json"
         if crop_max_pixels is None and extra.is_file():
             crop_max_pixels = json.loads(extra.read_text())["crop_max_pixels"]

@@ -37,3 +37,31 @@ def test_prompt_layout_and_answer_extraction():
     assert p.tokenizer.decode(p.encode("Find the red circle.")) == "Find the red circle."  # byte-level: lossless
     assert LaReProcessor.extract_answer("Find it. <|box_start|>(1,2),(3,4)<|box_end|>\nAnswer: blue.<|im_end|>") == "blue"
     assert LaReProcessor.extract_answer("<|lare_end|>Answer: 3<|im_end|>junk") == "3"
+
+
+def test_configured_pixel_limits_win_over_a_hub_checkpoints_own(tmp_path):
+    """A Hub Qwen2.5-VL folder's preprocessor_config.json carries min_pixels / max_pixels of its own (up to 12.8 M
+    pixels): model.min_pixels / max_pixels must bound the visual tokens anyway, and a saved processor must reload
+    with the same token counts at mixed image sizes."""
+    from PIL import Image
+
+    from lare.backbone import load_backbone
+    from lare.config import load_config
+
+    _, tiny = load_backbone(load_config(None, ["model.backbone=tiny-qwen2.5-vl"]).model)
+    hub = tmp_path / "hub"
+    tiny.tokenizer.save_pretrained(hub)
+    (hub / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Qwen2VLImageProcessor", "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14,
+        "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "do_resize": True, "resample": 3}))
+    limit = 28 * 28 * 60
+    processor = LaReProcessor.from_pretrained(hub, min_pixels=28 * 28 * 4, max_pixels=limit)
+    images = [Image.new("RGB", size) for size in ((1920, 1080), (300, 200), (50, 800), (30, 30))]
+    _, grids = processor.images(images)
+    tokens = processor.num_visual_tokens(grids)
+    assert all(4 <= n <= 60 for n in tokens), tokens
+    assert tokens[0] > 30  # the limit is used, not the floor
+    processor.save_pretrained(tmp_path / "saved")
+    _, again = LaReProcessor.from_pretrained(tmp_path / "saved").images(images)
+    assert again.tolist() == grids.tolist()
