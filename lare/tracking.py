@@ -214,8 +214,9 @@ class RunLogger:
 
     def register(self, name: str, artifact_path: str = "model") -> str | None:
         """The MLflow model this run logged at `artifact_path` as a new version of registered model `name` (created
-        when missing); returns models:/NAME/VERSION, or None with a warning when registering fails (the run and its artifacts stay).
-        A run registers once: a job that runs its end again (a restart after publishing) gets its version back."""
+        when missing); returns models:/NAME/VERSION, or None with a warning when registering fails (the run and its
+        artifacts stay). A run registers once: a job that runs its end again (a restart after publishing) gets its
+        version back."""
         from mlflow.tracking import MlflowClient
 
         try:

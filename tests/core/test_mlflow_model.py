@@ -52,26 +52,37 @@ def published(tmp_path_factory):
     mlflow.set_registry_uri(before[1])
 
 
-def expected(model, images, choices=None):
-    return [{k: v for k, v in a.to_dict().items() if k != "latency_s"}
-            for a in model.answer(images, QUESTIONS, choices)]
+EXACT = ("answer", "text", "tokens", "boxes")
 
 
-def predicted(rows):
-    assert all(r["latency_s"] > 0 for r in rows)
-    return [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]
+def assert_same(rows: list[dict], answers) -> None:
+    """Predictions as model.answer gives them: answer, text, tokens, boxes and each refocus step's grid and regions
+    exactly; the refocus weights to float rounding (a model loaded from the export and the one in memory agreed
+    bit for bit on the two-row batches here, not on a batch of one, where the kernels may sum in another order)."""
+    import torch
+
+    assert len(rows) == len(answers)
+    for row, want in zip(rows, answers):
+        want = want.to_dict()
+        assert row["latency_s"] > 0
+        assert {k: row[k] for k in EXACT} == {k: want[k] for k in EXACT}
+        steps = [[(s["step"], list(s["grid"]), s["regions"]) for s in a["refocus"]] for a in (row, want)]
+        assert steps[0] == steps[1]
+        if want["refocus"]:
+            got = torch.tensor([s["weights"] for s in row["refocus"]])
+            assert torch.allclose(got, torch.tensor([s["weights"] for s in want["refocus"]]), rtol=0, atol=1e-6)
 
 
 def test_registered_model_answers_as_the_model_does(published, tmp_path):
     import mlflow
 
     model = published["model"]
-    want = expected(model, IMAGES, [c or [] for c in CHOICES])
-    assert all(len(w["refocus"]) == model.cfg.method.latent_steps for w in want)  # the maps are compared too
+    want = model.answer(IMAGES, QUESTIONS, [c or [] for c in CHOICES])
+    assert all(len(w.refocus) == model.cfg.method.latent_steps for w in want)  # the maps are compared too
     frame = pd.DataFrame({"image": IMAGES, "question": QUESTIONS, "choices": CHOICES})
     for source in (f"models:/{NAME}/1", f"runs:/{published['runs'][0]}/model"):
         loaded = mlflow.pyfunc.load_model(source)
-        assert predicted(loaded.predict(frame)) == want, source
+        assert_same(loaded.predict(frame), want)
 
     # Images as paths, without a choices column.
     paths = []
@@ -79,7 +90,7 @@ def test_registered_model_answers_as_the_model_does(published, tmp_path):
         paths.append(str(tmp_path / f"{i}.png"))
         (tmp_path / f"{i}.png").write_bytes(data)
     rows = loaded.predict(pd.DataFrame({"image": paths, "question": QUESTIONS}))
-    assert predicted(rows) == expected(model, paths)
+    assert_same(rows, model.answer(paths, QUESTIONS))
 
     # Params reach model.answer; an unreadable image is the request's error, naming the row.
     short = loaded.predict(frame, params={"max_new_tokens": 1, "return_refocus": False})
@@ -96,7 +107,7 @@ def test_logged_model_has_signature_input_example_and_no_pickle(published):
     info = Model.load(local)
     inputs = {c.name: c for c in info.signature.inputs.inputs}
     assert list(inputs) == ["image", "question", "choices"] and not inputs["choices"].required
-    assert {c.name for c in info.signature.outputs.inputs} == {"answer", "text", "tokens", "latency_s", "refocus", "boxes"}
+    assert {c.name for c in info.signature.outputs.inputs} == {*EXACT, "latency_s", "refocus"}
     assert {p.name for p in info.signature.params.params} == {"max_new_tokens", "return_refocus"}
     example = info.load_input_example(local)
     assert list(example.columns) == ["image", "question", "choices"] and isinstance(example["image"][0], bytes)
@@ -139,3 +150,22 @@ def test_evaluation_finds_the_export_inside_the_mlflow_model(published, tmp_path
     local = mlflow.artifacts.download_artifacts(f"runs:/{run}/model", dst_path=str(tmp_path / "local"))
     assert read_model_config(local)["tracking"]["register_as"] == NAME
     assert fetch_model(local, tmp_path) == Path(local) / "artifacts" / "lare_export"
+
+
+def test_a_rest_request_carries_the_image_as_base64(published):
+    """What `mlflow models serve` answers (its scoring app, in process): the saved serving example, whose image is
+    base64 text in JSON, decoded per the signature, answers as model.answer does on the image's bytes."""
+    import mlflow
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    from lare.mlflow_model import input_example
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1"))
+    app = scoring_server.init(mlflow.pyfunc.load_model(str(local)))
+    response = TestClient(app).post("/invocations", content=(local / "serving_input_example.json").read_text(),
+                                    headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    example = input_example()
+    want = published["model"].answer(list(example["image"]), list(example["question"]), list(example["choices"]))
+    assert_same(response.json()["predictions"], want)
