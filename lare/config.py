@@ -123,6 +123,7 @@ class TrackingConfig:
     artifact_location: str = opt("", "Artifact root for new experiments ('' = ./mlartifacts next to the SQLite store).")
     run_name: str = opt("", "MLflow run name ('' = generated).")
     timeout_s: float = opt(10.0, "Seconds to wait for the tracking server at start before failing.")
+    register_as: str = opt("", "Register the run's MLflow model (pyfunc) in the model registry under this name, a new version per run ('' = not registered); load it with mlflow.pyfunc.load_model('models:/NAME/VERSION') or lare-eval --model models:/NAME/VERSION.")
 
 
 @dataclass
@@ -151,6 +152,11 @@ class Config:
             _check(isinstance(weight, (int, float)) and weight > 0, f"data.mixture[{path!r}]", "weight must be a positive number")
         _check(self.train.num_workers >= 0, "train.num_workers", "must be >= 0")
         _check(self.train.lr > 0, "train.lr", "must be > 0")
+        name = self.tracking.register_as
+        _check(not name or self.tracking.enabled, "tracking.register_as", "needs tracking.enabled=true (the registry is MLflow's)")
+        # models:/NAME/VERSION and models:/NAME@ALIAS split on these; a quote would break the registry's search filter
+        _check(name == name.strip() and not any(c in name for c in "/:@'\""), "tracking.register_as",
+               f"{name!r}: no surrounding spaces and none of / : @ ' \" (they break models:/NAME/VERSION)")
         return self
 
     @property

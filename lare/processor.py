@@ -30,6 +30,23 @@ QWEN_SPECIALS = [
 ]
 BOX_RE = re.compile(r"\((\d{1,4}),(\d{1,4})\),\((\d{1,4}),(\d{1,4})\)")
 ANSWER_PREFIX = "Answer: "
+# The prompt layout below as a chat template, for a tokenizer that has none (the tiny presets): an export then
+# tells other tools (a chat UI, vLLM, `apply_chat_template`) how LaRe was prompted. One image part becomes one
+# <|image_pad|>, which the image processor's token count expands, as with Qwen's own templates. No default
+# system turn: LaRe never trains with one.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
 
 
 def format_box(box) -> str:
@@ -125,6 +142,8 @@ class LaReProcessor:
         self.stop_ids = {self.im_end_id, self.pad_id}
         if tokenizer.eos_token_id is not None:
             self.stop_ids.add(tokenizer.eos_token_id)
+        if not tokenizer.chat_template:  # a real Qwen tokenizer keeps its own; save_pretrained writes this one
+            tokenizer.chat_template = CHAT_TEMPLATE
 
     # ---- images ---------------------------------------------------------------------------
     @property
@@ -171,12 +190,17 @@ class LaReProcessor:
     def image_ids(self, n_tokens: int) -> list[int]:
         return [self.vision_start_id] + [self.image_token_id] * n_tokens + [self.vision_end_id]
 
-    def prompt_ids(self, question: str, choices: list[str], n_image_tokens: int) -> list[int]:
+    @staticmethod
+    def user_text(question: str, choices: list[str]) -> str:
+        """The text of the user turn after the image: the question, then the options lettered A, B, ..."""
         options = ""
         if choices:
             options = "\nOptions:\n" + "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+        return question + options
+
+    def prompt_ids(self, question: str, choices: list[str], n_image_tokens: int) -> list[int]:
         return (self.encode("<|im_start|>user\n") + self.image_ids(n_image_tokens)
-                + self.encode(question + options + "<|im_end|>\n<|im_start|>assistant\n"))
+                + self.encode(self.user_text(question, choices) + "<|im_end|>\n<|im_start|>assistant\n"))
 
     def step_ids(self, text: str, box) -> list[int]:
         """One CoT step as text; its box, when it has one, in Qwen-VL grounding form."""

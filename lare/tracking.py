@@ -198,17 +198,43 @@ class RunLogger:
             self._warn(f"tracking server unreachable, {len(self.pending)} metric values kept for later ({type(e).__name__}: {e})")
             return False
 
-    def artifacts(self, local: str | Path, artifact_path: str | None = None, retries: int = 3) -> None:
+    def artifacts(self, local: str | Path, artifact_path: str | None = None, retries: int = 3) -> bool:
+        """Whether it was logged (after `retries` attempts it is given up, with a warning)."""
         for attempt in range(retries):
             try:
                 if Path(local).is_dir():
                     self.client.log_artifacts(self.run_id, str(local), artifact_path)
                 else:
                     self.client.log_artifact(self.run_id, str(local), artifact_path)
-                return
+                return True
             except Exception as e:
                 self._warn(f"artifact {local} not logged (attempt {attempt + 1}/{retries}): {e}")
                 time.sleep(2 * (attempt + 1))
+        return False
+
+    def register(self, name: str, artifact_path: str = "model") -> str | None:
+        """The MLflow model this run logged at `artifact_path` as a new version of registered model `name` (created
+        when missing); returns models:/NAME/VERSION, or None with a warning when registering fails (the run and its
+        artifacts stay). A run registers once: a job that runs its end again (a restart after publishing) gets its
+        version back."""
+        from mlflow.tracking import MlflowClient
+
+        try:
+            # The registry explicitly: MLflow's own default is the process-wide registry URI, not this run's store.
+            registry = MlflowClient(self.uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or self.uri)
+            source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+            mine = [v for v in registry.search_model_versions(f"name = '{name}' and run_id = '{self.run_id}'")
+                    if v.source == source]
+            if mine:
+                return f"models:/{name}/{mine[0].version}"
+            if not registry.search_registered_models(f"name = '{name}'"):
+                registry.create_registered_model(name)
+            # The run's artifact location as the source, as mlflow.register_model does for a model in run artifacts
+            version = registry.create_model_version(name, source, run_id=self.run_id).version
+            return f"models:/{name}/{version}"
+        except Exception as e:
+            log.warning("MLflow: the model of run %s was not registered as %r: %s", self.run_id, name, redact(str(e)))
+            return None
 
     def close(self, status: str = "FINISHED") -> None:
         self.flush()

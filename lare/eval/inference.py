@@ -77,6 +77,8 @@ def _mlflow_download(spec: str, path: str, dst: Path, tracking_uri: str | None) 
     try:
         source = spec if spec.startswith("runs:/") else _registered_source(spec, tracking_uri)
         uri = f"{source.rstrip('/')}/{path}" if path else source
+        if uri.startswith("runs:/") and "/" not in uri[len("runs:/"):].strip("/"):
+            uri = uri.rstrip("/") + "/"  # a whole run: MLflow refuses runs:/<id> and takes runs:/<id>/
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri))
     except Exception as e:  # MlflowException, RestException, OSError: all mean "cannot get it"
         raise ModelNotFound(f"model {spec}: cannot download {path or 'it'} from MLflow at {redact(tracking_uri or '')}: "
@@ -93,34 +95,64 @@ def _check_config(text: str, where: str) -> dict:
     return cfg
 
 
+# Where an export may sit below a model location: the folder itself; its model/ folder (a training run's
+# artifacts); in either, the HF export inside a LaRe MLflow model, at the place its MLmodel file names.
+WHERE = "in it or in its model/ folder, nor in a LaRe MLflow model there"
+
+
+def _locate(read) -> tuple[str, str] | None:
+    """(the export's folder relative to the location, '' or ending in '/'; its lare_config.json text), or None.
+    read(relative path) -> the file's text, or None when it is not there."""
+    for sub in ("", "model/"):
+        text = read(sub + CONFIG_FILE)
+        if text is not None:
+            return sub, text
+        mlmodel = read(sub + "MLmodel")
+        if mlmodel is not None:
+            from lare.mlflow_model import export_path
+
+            inner = export_path(mlmodel)
+            text = read(f"{sub}{inner}/{CONFIG_FILE}") if inner else None
+            if text is not None:
+                return f"{sub}{inner}/", text
+    return None
+
+
 def read_model_config(spec: str, tracking_uri: str | None = None) -> dict:
-    """The lare_config.json of a model (the export folder itself or its model/ subfolder), without fetching
-    the weights. spec: a local folder, s3://... (any pyarrow URI), runs:/<id>[/<path>], models:/<name>/<version>."""
+    """The lare_config.json of a model (see WHERE), without fetching the weights. spec: a local folder,
+    s3://... (any pyarrow URI), runs:/<id>[/<path>], models:/<name>/<version>."""
     spec = str(spec)
-    tried = []
     if is_mlflow_uri(spec):
+        tried = []
         with tempfile.TemporaryDirectory(prefix="lare-config-") as tmp:
-            for sub in ("", "model/"):
+            def read(rel: str) -> str | None:
                 try:
-                    local = _mlflow_download(spec, sub + CONFIG_FILE, Path(tmp) / (sub or "top"), tracking_uri)
-                    return _check_config(local.read_text(), f"model {spec}: {sub}{CONFIG_FILE}")
+                    return _mlflow_download(spec, rel, Path(tmp) / str(len(tried)), tracking_uri).read_text()
                 except ModelNotFound as e:
-                    if "field method.paradigm" in str(e):
-                        raise
                     tried.append(str(e))
-        raise ModelNotFound(f"model {spec}: no {CONFIG_FILE} in it or in its model/ folder: {tried[-1]}")
+                    return None
+
+            found = _locate(read)
+        if found is None:
+            raise ModelNotFound(f"model {spec}: no {CONFIG_FILE} {WHERE}: {tried[-1]}")
+        return _check_config(found[1], f"model {spec}: {found[0]}{CONFIG_FILE}")
     if is_remote(spec):
         import pyarrow.fs as pafs
 
         fs, root = resolve(spec)
         if fs.get_file_info(root).type != pafs.FileType.Directory:
             raise ModelNotFound(f"model {redact(spec)}: no such directory")
-        for sub in ("", "model/"):
-            path = f"{root}/{sub}{CONFIG_FILE}"
-            if fs.get_file_info(path).type == pafs.FileType.File:
-                with fs.open_input_stream(path) as f:
-                    return _check_config(f.read().decode(), f"model {redact(spec)}: {sub}{CONFIG_FILE}")
-        raise ModelNotFound(f"model {redact(spec)} is not a LaRe export directory (no {CONFIG_FILE} in it or in its model/)")
+
+        def read(rel: str) -> str | None:
+            if fs.get_file_info(f"{root}/{rel}").type != pafs.FileType.File:
+                return None
+            with fs.open_input_stream(f"{root}/{rel}") as f:
+                return f.read().decode()
+
+        found = _locate(read)
+        if found is None:
+            raise ModelNotFound(f"model {redact(spec)} is not a LaRe export directory (no {CONFIG_FILE} {WHERE})")
+        return _check_config(found[1], f"model {redact(spec)}: {found[0]}{CONFIG_FILE}")
     path = _export_dir(Path(spec).expanduser(), spec)
     return _check_config((path / CONFIG_FILE).read_text(), str(path / CONFIG_FILE))
 
@@ -128,11 +160,10 @@ def read_model_config(spec: str, tracking_uri: str | None = None) -> dict:
 def _export_dir(path: Path, spec: str) -> Path:
     if not path.is_dir():
         raise ModelNotFound(f"model directory {path} does not exist")
-    for candidate in (path, path / "model"):
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    raise ModelNotFound(f"model {redact(spec)}: {path} is not a LaRe export directory (no {CONFIG_FILE} in it or "
-                        f"in its model/ folder)")
+    found = _locate(lambda rel: (path / rel).read_text() if (path / rel).is_file() else None)
+    if found is None:
+        raise ModelNotFound(f"model {redact(spec)}: {path} is not a LaRe export directory (no {CONFIG_FILE} {WHERE})")
+    return path / found[0]
 
 
 def fetch_model(spec: str, workdir: Path, tracking_uri: str | None = None) -> Path:

@@ -54,6 +54,15 @@ def test_bad_values_are_clear_errors(override, expected):
         load_config(None, [override])
 
 
+def test_register_as_names_a_registry_entry():
+    assert load_config(None, ["tracking.register_as=lare-tiny"]).tracking.register_as == "lare-tiny"
+    with pytest.raises(ConfigError, match="tracking.register_as needs tracking.enabled"):
+        load_config(None, ["tracking.register_as=lare-tiny", "tracking.enabled=false"])
+    for bad in ("team/lare", "lare@prod", " lare"):
+        with pytest.raises(ConfigError, match="break models:/NAME/VERSION"):
+            load_config(None, [f"tracking.register_as={bad}"])
+
+
 def test_numbers_in_exponent_form():
     assert load_config(None, ["train.lr=5e-3"]).train.lr == 5e-3
 

@@ -65,3 +65,26 @@ def test_configured_pixel_limits_win_over_a_hub_checkpoints_own(tmp_path):
     processor.save_pretrained(tmp_path / "saved")
     _, again = LaReProcessor.from_pretrained(tmp_path / "saved").images(images)
     assert again.tolist() == grids.tolist()
+
+
+def test_chat_template_is_the_prompt_layout_and_is_saved(tmp_path):
+    """A tokenizer without a chat template gets LaRe's: applied to a question (and its options) it gives the text of
+    the prompt the processor encodes, with one <|image_pad|> per image; the saved processor carries it."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    p = LaReProcessor(tiny_tokenizer(), Qwen2VLImageProcessorPil())
+    p.save_pretrained(tmp_path)
+    loaded = LaReProcessor.from_pretrained(tmp_path)
+    for question, choices in (("What colour is the star?", []), ("Which is larger?", ["the square", "the circle"])):
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": LaReProcessor.user_text(question, choices)}]}]
+        expected = p.decode(p.prompt_ids(question, choices, n_image_tokens=1))
+        assert "<|image_pad|>" in expected and (not choices or "B. the circle" in expected)
+        for proc in (p, loaded):
+            assert proc.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == expected
+    assert "<|im_start|>assistant" in (tmp_path / "chat_template.jinja").read_text()
+
+    # A tokenizer that has its own template (a real Qwen checkpoint) keeps it.
+    own = tiny_tokenizer()
+    own.chat_template = "{{ messages[0]['content'] }}"
+    assert LaReProcessor(own, Qwen2VLImageProcessorPil()).tokenizer.chat_template == "{{ messages[0]['content'] }}"
