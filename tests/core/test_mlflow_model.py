@@ -169,3 +169,15 @@ def test_a_rest_request_carries_the_image_as_base64(published):
     example = input_example()
     want = published["model"].answer(list(example["image"]), list(example["question"]), list(example["choices"]))
     assert_same(response.json()["predictions"], want)
+
+
+def test_the_server_loads_the_registered_model(published):
+    """What each serving replica does with --model models:/NAME/VERSION (lare.serve.app.load_model)."""
+    from lare.serve.app import load_model
+    from tests.helpers import png_bytes
+
+    served = load_model(f"models:/{NAME}/1", published["uri"])
+    image = png_bytes(64, 48, seed=3)
+    got = served.answer([image], ["Which shape is red?"], max_new_tokens=6)[0]
+    want = published["model"].answer([image], ["Which shape is red?"], max_new_tokens=6)[0]
+    assert (got.answer, got.tokens) == (want.answer, want.tokens)
