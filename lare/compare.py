@@ -307,7 +307,8 @@ def run(args: Comparison, out: Path | None = None, verbose: bool = False) -> dic
         else:
             tuner = tune.Tuner(trial, param_space=space,
                                tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent),
-                               run_config=tune.RunConfig(name="grid", storage_path=root))
+                               run_config=tune.RunConfig(name="grid", storage_path=root,
+                                                         verbose=1 if verbose else 0))  # the bars say it
         results = tuner.fit()
     failed = [str(r.error)[:300] for r in results if r.error]
     return report(args, finished_trials(root, args), traces, overrides, num_rows, failed, uri, parent, out, t0)

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -101,7 +102,8 @@ def ui_hint(uri: str, experiment: str = "") -> str:
     if not uri.startswith("sqlite"):
         return f"MLflow UI: {redact(uri)}"
     where = f"  (then open http://127.0.0.1:5000{', experiment ' + experiment if experiment else ''})"
-    return f"MLflow UI: mlflow ui --backend-store-uri {redact(uri)} --host 127.0.0.1 --port 5000{where}"
+    # With the interpreter that ran the job: mlflow is installed there, not necessarily on PATH.
+    return f"MLflow UI: {sys.executable} -m mlflow ui --backend-store-uri {redact(uri)} --host 127.0.0.1 --port 5000{where}"
 
 
 def open_run(cfg: Config, uri: str, run_id_uri: str, parent_run_id: str = "", experiment: str | None = None) -> str:

@@ -111,7 +111,8 @@ def main(argv=None) -> dict:
                     scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=args.grace_period),
                     search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=args.seed,
                                                      max_concurrent=args.max_concurrent)),
-                run_config=tune.RunConfig(name="sweep", storage_path=tune_storage, storage_filesystem=tune_fs))
+                run_config=tune.RunConfig(name="sweep", storage_path=tune_storage, storage_filesystem=tune_fs,
+                                          verbose=1 if args.verbose else 0))  # the progress bars say it
         results = tuner.fit()
         best = results.get_best_result(metric=METRIC, mode="max", scope="all")
         table = sorted(({**r.config, METRIC: (r.metrics or {}).get(METRIC), "steps": (r.metrics or {}).get("step")}
