@@ -163,8 +163,19 @@ def test_a_killed_replica_is_restarted_and_answers_again(served):
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
                 if a["namespace"] == "serve" and "LaReServer" in a["name"]]
     assert replicas, "no LaReServer replica found"
-    t0 = time.monotonic()
-    ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=True)
+
+    def ask(seed: int):
+        try:
+            return post(served["url"] + "/v1/chat/completions", chat(png_bytes(200, 200, seed=seed), "Which?"), timeout=60)[0]
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            return type(e).__name__
+    with ThreadPoolExecutor(3) as pool:  # requests in flight while the replica dies: they end, none hangs
+        in_flight = [pool.submit(ask, s) for s in range(3)]
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=True)
+        ended = [f.result(timeout=90) for f in in_flight]
+    assert all(e == 200 or (isinstance(e, int) and e >= 500) or isinstance(e, str) for e in ended), ended
     deadline = t0 + 120
     while time.monotonic() < deadline:
         try:

@@ -123,3 +123,17 @@ def test_freeze_vision_trains_the_language_model_only(records):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(".visual." not in n for n in changed)
     assert any(".language_model." in n for n in changed)
+
+
+def test_run_plan_is_validated_once_and_derives_the_schedule():
+    import pytest
+
+    from lare.train.plan import RunPlan
+
+    cfg = tiny_config("tiny-qwen2.5-vl", "lare", "train.epochs_per_stage=2", "train.start_stage=1")
+    plan = RunPlan(cfg, steps_per_epoch=5, experiment_uri="s3://bucket/runs/x")
+    assert plan.total_steps == 5 * len(curriculum(cfg)) == 5 * 2 * 3 and plan.export_uri == "s3://bucket/runs/x/export"
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        RunPlan(cfg, steps_per_epoch=0, experiment_uri="runs/x")
+    with pytest.raises(ValueError, match="mlflow_uri and mlflow_run_id"):
+        RunPlan(cfg, steps_per_epoch=1, experiment_uri="runs/x", mlflow_uri="sqlite:///m.db")
