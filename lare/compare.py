@@ -27,7 +27,7 @@ VARIANTS = {
     "lare_no_recon": ("lare", ["method.recon_weight=0"]),
     "lare_no_focus": ("lare", ["method.focus_weight=0"]),
 }
-EVAL_ABLATIONS = {"lare": ["none", "zero_latents", "shuffle_refocus", "uniform_refocus"]}
+LARE_ABLATIONS = ["none", "zero_latents", "shuffle_refocus", "uniform_refocus"]  # evaluation-time, of `lare` only
 SPLITS = ("test", "hard")
 
 
@@ -47,6 +47,7 @@ class Comparison:
     traces: str = ""               # default: the config's data.traces_dir, built if missing
     storage: str = "runs"
     bootstrap: int = 2000
+    lare_ablations: list[str] = field(default_factory=lambda: list(LARE_ABLATIONS))  # how lare is also evaluated
     overrides: list[str] = field(default_factory=list)
 
 
@@ -90,7 +91,7 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
         result = make_trainer(plan, dataset, controller_failure_limit=0).fit()
         train_s = time.time() - t0
         evaluation = evaluate_model(plan.export_uri, ["refocus"], traces, limit=args.eval_limit or None,
-                                    batch_size=args.eval_batch, ablation=EVAL_ABLATIONS.get(variant, ["none"]))
+                                    batch_size=args.eval_batch, ablation=args.lare_ablations if variant == "lare" else ["none"])
         rows = [{"id": p["id"], "ablation": p["ablation"], "correct": bool(p["correct"]), "tokens": p["tokens"]}
                 for p in evaluation["predictions"]]
         path = Path(storage(cfg)[2]) / "predictions.json"

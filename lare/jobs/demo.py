@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: configs/demo.yaml, a
 CONFIG = ROOT / "configs" / "demo.yaml"
 VARIANTS = ["lare", "crop", "direct"]
 EVAL_ROWS = 256  # per split (test and hard)
+LARE_ABLATIONS = ["none", "zero_latents"]  # the full comparison also shuffles and flattens the refocus maps
 
 
 @main_guard
@@ -40,7 +41,7 @@ def main(argv=None) -> dict:
     start(args.verbose)
     t0 = time.time()
     cfg = load_config(CONFIG).with_absolute_paths(ROOT)
-    comparison = Comparison(config=CONFIG, name="lare-demo", variants=VARIANTS, seeds=1, eval_limit=EVAL_ROWS,
+    comparison = Comparison(config=CONFIG, name="lare-demo", variants=VARIANTS, seeds=1, eval_limit=EVAL_ROWS, lare_ablations=LARE_ABLATIONS,
                             max_concurrent=2, storage=str(ROOT / "runs"), bootstrap=1000, overrides=args.overrides)
     out = ROOT / "outputs" / "demo" / "comparison.json"
     result = run_comparison(comparison, out, verbose=args.verbose)

@@ -1,6 +1,7 @@
 """Live progress: what a worker posts to the board is what the driver's bar shows."""
 
 import io
+import time
 
 import pytest
 
@@ -20,7 +21,10 @@ def test_a_worker_posts_and_the_driver_draws_it(ray_session):
     stream = io.StringIO()
     with LiveProgress(interval_s=0.05, stream=stream) as board:
         assert ray.get(worker.remote(board))
-        ray.get(board.snapshot.remote())  # the worker's posts were queued before this call: all are in
+        # A worker's posts and the driver's reads are calls from two callers: no order between them is promised.
+        deadline = time.monotonic() + 30
+        while ray.get(board.snapshot.remote()).get("run-a", {}).get("done") != 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
     text = stream.getvalue()
     assert "run-a" in text and "3/3" in text and "stage=2" in text and "loss=0.1667" in text
 
