@@ -31,6 +31,12 @@ DEFAULTS = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "max_tokens_limit
 api = FastAPI(title="LaRe", docs_url=None, redoc_url=None)
 
 
+@api.exception_handler(RequestError)
+async def request_error(request: Request, error: RequestError):
+    """A bad request, from any route: its 4xx status and the OpenAI error body."""
+    return JSONResponse(error.body(), status_code=error.status)
+
+
 def load_model(spec: str, tracking_uri: str = ""):
     """A LaRe export from a folder, s3://, runs:/ or models:/ (fetched, loaded, the download not kept)."""
     import torch
@@ -86,21 +92,15 @@ class LaReServer:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
-        try:
-            chat, answer = await self._answer(request)
-        except RequestError as e:
-            return JSONResponse(e.body(), status_code=e.status)
+        chat, answer = await self._answer(request)
         return JSONResponse(chat_response(answer, self.name, chat.refocus))
 
     @api.post("/v1/refocus.png")
     async def refocus_png(self, request: Request):
         from lare.eval.plots import refocus_figure
 
-        try:
-            chat, answer = await self._answer(request)
-        except RequestError as e:
-            return JSONResponse(e.body(), status_code=e.status)
-        steps = chat_response(answer, self.name)["lare"]["refocus"]
+        chat, answer = await self._answer(request)
+        steps = [vars(step) for step in answer.refocus]
         png = await asyncio.to_thread(refocus_figure, chat.image, steps, f"{chat.question} -> {answer.answer}")
         return Response(png, media_type="image/png")
 
