@@ -29,7 +29,10 @@ def post(url: str, body, timeout=120) -> tuple[int, dict | bytes]:
             raw = r.read()
             return r.status, json.loads(raw) if r.headers.get_content_type() == "application/json" else raw
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        raw = e.read()
+        if e.code >= 500 and not raw.startswith(b"{"):  # Serve's proxy itself (a replica died mid-request)
+            return e.code, raw
+        return e.code, json.loads(raw)
 
 
 def get(url: str, timeout=30):
