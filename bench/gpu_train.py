@@ -27,7 +27,7 @@ from PIL import Image
 
 from lare.batch import build_batch, example_from_record
 from lare.config import load_config
-from lare.train.parallel import build_model
+from lare.train.parallel import autocast, build_model, choose
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, per GPU
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--parallelism", default="fsdp", choices=["auto", "ddp", "fsdp", "hsdp"],
+                    help="train.parallelism (fsdp: FSDP2 even on one GPU, its bf16 param casting as on a cluster)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -85,9 +87,12 @@ def main() -> None:
     cfg = load_config(None, [
         f"model.backbone={args.preset}", f"method.paradigm={args.paradigm}", f"method.latent_steps={args.latent_steps}",
         f"model.max_pixels={side * side}", f"train.batch_size={args.batch}", "train.mixed_precision=auto",
+        f"train.parallelism={args.parallelism}", f"train.num_workers={world}",
         f"train.activation_checkpointing={'true' if args.activation_checkpointing else 'false'}", "data.max_steps=3"])
     t0 = time.time()
-    model = build_model(cfg, rank, world, device)
+    layout = choose(cfg, world, int(os.environ.get("LOCAL_WORLD_SIZE", world)), device)
+    model = build_model(cfg, rank, world, device, layout)
+    compute = autocast(cfg, layout, device)
     build_s = time.time() - t0
     n_params = sum(p.numel() for p in model.parameters())  # DTensor.numel() is the global size
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), foreach=True)
@@ -97,7 +102,8 @@ def main() -> None:
     tokens_per_batch = [int(b.attention_mask.sum()) for b in batches]
 
     def step(i: int) -> float:
-        out = model(batches[i % len(batches)])
+        with compute:
+            out = model(batches[i % len(batches)])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -125,6 +131,7 @@ def main() -> None:
     result = {
         "preset": args.preset, "paradigm": args.paradigm, "world_size": world, "batch_per_gpu": args.batch,
         "image_size": side, "latent_steps": args.latent_steps, "activation_checkpointing": args.activation_checkpointing,
+        "layout": layout.kind, "mesh": list(layout.mesh),
         "parameters": n_params, "build_s": round(build_s, 1), "step_s": elapsed / args.steps,
         "tokens_per_s": tokens_per_s, "tokens_per_s_per_gpu": tokens_per_s / world,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,

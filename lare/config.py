@@ -92,7 +92,7 @@ class TrainConfig:
     num_workers: int = opt(1, "Ray Train workers (one per GPU on GPU clusters).")
     use_gpu: bool = opt(False, "Train on GPUs (nccl, bf16 mixed precision) instead of CPUs (gloo, fp32).")
     cpus_per_worker: int = opt(1, "CPUs reserved for each training worker.")
-    mixed_precision: Literal["auto", "bf16", "fp32"] = opt("auto", "FSDP2 compute dtype: auto = bf16 on GPU (fp32 reduce and master weights), fp32 on CPU.")
+    mixed_precision: Literal["auto", "bf16", "fp32"] = opt("auto", "Compute dtype: auto = bf16 on GPU (fp32 master weights and gradient reduction; FSDP2 param dtype under fsdp/hsdp, autocast under ddp), fp32 on CPU.")
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.")
     batch_size: int = opt(8, "Samples per worker per optimizer step.")
     lr: float = opt(3e-3, "Peak learning rate (AdamW).")
@@ -105,7 +105,8 @@ class TrainConfig:
     start_stage: int = opt(0, "First curriculum stage (use data.max_steps to skip the curriculum).")
     reset_optimizer_each_stage: bool = opt(True, "Fresh optimizer state at each curriculum stage (as in Coconut), for latent and lare: the other paradigms' inputs do not change between stages.")
     activation_checkpointing: bool = opt(False, "Recompute decoder-layer activations in backward to save memory.")
-    fsdp: bool = opt(True, "Shard with FSDP2 fully_shard (decoder layers, vision blocks, root) when num_workers > 1 or on GPU.")
+    parallelism: Literal["auto", "ddp", "fsdp", "hsdp"] = opt("auto", "How the workers hold the model, on one DeviceMesh (replicate, shard): ddp replicates it, fsdp shards it over all workers (FSDP2), hsdp shards within a node and replicates across nodes; auto = ddp when weights, gradients and AdamW state fit one device with margin, else hsdp on several nodes, else fsdp.")
+    mesh: list = opt([], "The DeviceMesh shape [replicate, shard] (its product = train.num_workers); [] = from train.parallelism and the workers per node.")
     reshard_after_forward: bool = opt(False, "FSDP2: free gathered decoder-layer weights after each forward. Off by default: the latent loop runs K+2 forwards per step, each would all-gather every layer again.")
     checkpoint_every: int = opt(50, "Optimizer steps between checkpoints (and at each stage end).")
     keep_checkpoints: int = opt(2, "Checkpoints kept: the newest N, or the best N by train.checkpoint_score.")
@@ -152,6 +153,14 @@ class Config:
             _check(isinstance(weight, (int, float)) and weight > 0, f"data.mixture[{path!r}]", "weight must be a positive number")
         _check(self.train.num_workers >= 0, "train.num_workers", "must be >= 0")
         _check(self.train.lr > 0, "train.lr", "must be > 0")
+        mesh, workers = self.train.mesh, max(1, self.train.num_workers)
+        if mesh:
+            _check(len(mesh) == 2 and all(isinstance(n, int) and n >= 1 for n in mesh), "train.mesh",
+                   f"{mesh}: must be two positive integers [replicate, shard]")
+            _check(mesh[0] * mesh[1] == workers, "train.mesh", f"{mesh}: replicate x shard must equal train.num_workers={workers}")
+            kind = self.train.parallelism
+            _check(kind != "ddp" or mesh[1] == 1, "train.mesh", f"{mesh}: ddp replicates only, so shard must be 1")
+            _check(kind != "fsdp" or mesh[0] == 1, "train.mesh", f"{mesh}: fsdp shards over every worker, so replicate must be 1")
         name = self.tracking.register_as
         _check(not name or self.tracking.enabled, "tracking.register_as", "needs tracking.enabled=true (the registry is MLflow's)")
         # models:/NAME/VERSION and models:/NAME@ALIAS split on these; a quote would break the registry's search filter

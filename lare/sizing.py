@@ -7,9 +7,11 @@ Nothing is allocated or downloaded. `model.backbone` is a preset name or, in pro
 folder (e.g. /models/Qwen2.5-VL-7B-Instruct). When that folder is not on this machine, the architecture is
 taken from `model.architecture` (a `random-*` preset), or else chosen from the folder name (`ARCHITECTURES`).
 
-Memory model (per GPU, one Ray Train worker per GPU, world size W = train.num_workers), FSDP2 full sharding
-with the wrapping the training job uses (each decoder layer, each vision block, then the root):
-- sharded state: fp32 master weights + fp32 gradient shard + AdamW's two fp32 moments = 16 bytes/param / W;
+Memory model (per GPU, one Ray Train worker per GPU, world size W = train.num_workers), for each layout the
+training job can use (lare/train/parallel.py) on a DeviceMesh [replicate, shard]: ddp [W, 1], fsdp [1, W] and,
+on several nodes, hsdp [nodes, workers per node]. Sharded layouts wrap each decoder layer, each vision block,
+then the root with FSDP2; S is the shard size:
+- sharded state: fp32 master weights + fp32 gradients + AdamW's two fp32 moments = 16 bytes/param / S;
 - all-gathered parameters in the compute dtype: the root unit (embeddings, lm_head, merger, LaRe heads;
   FSDP2 keeps the root unsharded from forward through backward) plus two layers (current and prefetched);
 - unsharded gradients: the root's (held until the end of backward) and one layer's, each in the compute
@@ -20,6 +22,11 @@ with the wrapping the training job uses (each decoder layer, each vision block, 
   of the latent loop and the refocus projections;
 - a fixed CUDA/NCCL overhead and 10% allocator fragmentation on the transient parts.
 It is an estimate for planning (within tens of percent), not a measurement; `ASSUMPTIONS` lists the inputs.
+
+`train.parallelism=auto` picks from these estimates (`choose_layout`): ddp when its whole estimate is at most
+half of one device (every worker holds everything, and the gradient all-reduce is one bucketed collective per
+step instead of an all-gather and a reduce-scatter per layer), else hsdp when the workers span several nodes (the
+shards' traffic stays on the node's own links; only the gradient all-reduce crosses nodes), else fsdp.
 """
 
 from __future__ import annotations
@@ -39,10 +46,13 @@ PROMPT_TOKENS = 128        # chat template + question + options, before the imag
 CUDA_OVERHEAD_GIB = 2.0    # CUDA context, cuBLAS workspaces, NCCL buffers
 FRAGMENTATION = 0.10       # caching-allocator slack on the transient parts
 GPUS_PER_NODE = 8          # p5.48xlarge / DGX H100
+DDP_SHARE = 0.5            # auto picks ddp when its estimate is at most this share of one device
+LAYOUTS = ("ddp", "fsdp", "hsdp")
 ASSUMPTIONS = (
     "full fine-tuning: every parameter trainable, AdamW with two fp32 moments",
     "fp32 master weights and fp32 gradient reduction; compute dtype from train.mixed_precision (auto = bf16 on GPU)",
-    "FSDP2 units: each decoder layer, each vision block, the root (the rest); the root stays unsharded through backward",
+    "FSDP2 units (fsdp, hsdp): each decoder layer, each vision block, the root (the rest); the root stays unsharded through backward",
+    "ddp: the whole model on every device, bf16 compute by autocast; gradients all-reduced in fp32 buckets",
     "decoder layers stay all-gathered from the first forward to backward unless train.reshard_after_forward",
     "activation checkpointing, when on, recomputes decoder-layer MLPs and whole vision blocks",
     f"prompt text of {PROMPT_TOKENS} tokens; supervised text of data.max_new_tokens tokens",
@@ -67,6 +77,55 @@ def architecture_for(backbone: str) -> str:
     known = ", ".join(p for p, _ in ARCHITECTURES)
     raise ConfigError(f"config: model.backbone={backbone!r} is not on this machine and its name matches no known "
                       f"architecture ({known}); give a preset or an existing checkpoint folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the workers hold the model: the layout, its DeviceMesh shape (replicate, shard) and why it was chosen."""
+
+    kind: str  # ddp | fsdp | hsdp
+    mesh: tuple[int, int]
+    why: str
+
+    @property
+    def sharded(self) -> bool:
+        return self.kind != "ddp"
+
+    def describe(self) -> str:
+        return f"{self.kind} on mesh [replicate {self.mesh[0]}, shard {self.mesh[1]}]: {self.why}"
+
+
+def mesh_for(kind: str, world: int, per_node: int) -> tuple[int, int]:
+    """The mesh shape of a layout: ddp [W, 1], fsdp [1, W], hsdp [nodes, workers per node]."""
+    if kind == "ddp":
+        return (world, 1)
+    if kind == "fsdp":
+        return (1, world)
+    if per_node < 1 or world % per_node:
+        raise ConfigError(f"config: train.parallelism=hsdp needs the same number of workers on every node; "
+                          f"{world} workers, {per_node} on this one (set train.mesh=[replicate, shard])")
+    return (world // per_node, per_node)
+
+
+def choose_layout(cfg: Config, world: int, per_node: int, ddp_bytes: float, device_bytes: float) -> Layout:
+    """train.parallelism (auto resolved from the ddp estimate) and train.mesh, as one Layout. Pure: every rank
+    that sees the same numbers picks the same layout."""
+    kind, mesh = cfg.train.parallelism, tuple(cfg.train.mesh)
+    fits = ddp_bytes <= DDP_SHARE * device_bytes
+    fits_why = (f"ddp needs about {ddp_bytes / GIB:.2f} GiB per device, "
+                f"{'within' if fits else 'over'} half of its {device_bytes / GIB:.1f} GiB")
+    nodes = world // per_node if per_node >= 1 and world % per_node == 0 else 1
+    if mesh:
+        kind = kind if kind != "auto" else ("ddp" if mesh[1] == 1 else "fsdp" if mesh[0] == 1 else "hsdp")
+        return Layout(kind, (mesh[0], mesh[1]), f"train.mesh={list(mesh)} as configured")
+    if kind != "auto":
+        return Layout(kind, mesh_for(kind, world, per_node), f"train.parallelism={kind} as configured")
+    if world == 1 or fits:
+        return Layout("ddp", (world, 1), "one worker" if world == 1 and not fits else fits_why)
+    if nodes > 1:
+        return Layout("hsdp", mesh_for("hsdp", world, per_node),
+                      f"{fits_why}; {nodes} nodes of {per_node} workers: shard within a node, replicate across")
+    return Layout("fsdp", (1, world), f"{fits_why}; one node: shard over all {world} workers")
 
 
 def build_meta(cfg: Config):
@@ -116,8 +175,17 @@ def _compute_bytes(cfg: Config) -> int:
     return 2 if bf16 else 4
 
 
-def dry_run(cfg: Config, gpu_memory_gib: float = H100_GIB, strict: bool = False) -> dict:
-    """Parameter counts, a per-GPU memory estimate and config checks for `cfg` (see the module docstring).
+def host_memory_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().total / GIB
+
+
+def dry_run(cfg: Config, gpu_memory_gib: float = H100_GIB, strict: bool = False, workers_per_node: int = 0,
+            device_memory_gib: float = 0.0) -> dict:
+    """Parameter counts, a per-device memory estimate for each layout, the layout train.parallelism picks, and
+    config checks for `cfg` (see the module docstring). `workers_per_node` 0: GPUS_PER_NODE on GPU, all on one
+    node on CPU. `device_memory_gib` 0: gpu_memory_gib on GPU, this host's RAM shared by the node's workers on CPU.
     `strict` raises ConfigError when a check is an error; otherwise `ok` says whether there is none."""
     checks: list[dict] = []
 
@@ -148,8 +216,7 @@ def dry_run(cfg: Config, gpu_memory_gib: float = H100_GIB, strict: bool = False)
 
     W = _world(cfg)
     c = _compute_bytes(cfg)
-    sharded = t.fsdp and (W > 1 or t.use_gpu)
-    shard = W if sharded else 1
+    per_node = workers_per_node or (min(W, GPUS_PER_NODE) if t.use_gpu else W)
     micro = max(1, t.batch_size // t.grad_accum)
 
     # ---- sequence ---------------------------------------------------------------------------------
@@ -187,27 +254,42 @@ def dry_run(cfg: Config, gpu_memory_gib: float = H100_GIB, strict: bool = False)
     refocus = m.latent_steps * 2 * visual_tokens * width * c
     per_sample = lm_act + vis_act + attn_act + logits + kv_cache + refocus
 
-    # ---- per-GPU memory -----------------------------------------------------------------------------
-    state = 16 * params["total"] / shard
-    if sharded:  # decoder layers stay gathered through the latent loop unless train.reshard_after_forward
-        lm_gathered = layer_params * (2 if t.reshard_after_forward else n_layers)
-        gathered = c * (root_params + lm_gathered + 2 * block_params)
-        grads = (c + 4) * (root_params + max(layer_params, block_params))
-    else:  # DDP / single process: unsharded compute copy only when the master weights are fp32 and compute is not
-        gathered = c * params["total"] if c != 4 else 0
-        grads = 0
+    # ---- per-device memory, for each layout ----------------------------------------------------------
     activations = micro * per_sample
-    optimizer_step = 4 * params["total"] / shard   # foreach AdamW temporaries, after activations are freed
-    transient = max(gathered + grads + activations, optimizer_step)
-    total = state + transient * (1 + FRAGMENTATION) + CUDA_OVERHEAD_GIB * GIB * t.use_gpu
-    memory = {
-        "sharded_state": state / GIB, "all_gathered_params": gathered / GIB, "unsharded_grads": grads / GIB,
-        "activations": activations / GIB, "activations_per_sample": per_sample / GIB,
-        "overhead": (CUDA_OVERHEAD_GIB * t.use_gpu) + transient * FRAGMENTATION / GIB, "total": total / GIB,
-    }
+
+    def memory_of(kind: str, shard: int) -> dict:
+        state = 16 * params["total"] / shard
+        if kind != "ddp":  # decoder layers stay gathered through the latent loop unless train.reshard_after_forward
+            lm_gathered = layer_params * (2 if t.reshard_after_forward else n_layers)
+            gathered = c * (root_params + lm_gathered + 2 * block_params)
+            grads = (c + 4) * (root_params + max(layer_params, block_params))
+        else:  # autocast keeps a compute-dtype copy of the weights it casts; DDP's buckets hold the fp32 gradients
+            gathered = c * params["total"] if c != 4 else 0
+            grads = 0
+        optimizer_step = 4 * params["total"] / shard   # foreach AdamW temporaries, after activations are freed
+        transient = max(gathered + grads + activations, optimizer_step)
+        total = state + transient * (1 + FRAGMENTATION) + CUDA_OVERHEAD_GIB * GIB * t.use_gpu
+        return {
+            "sharded_state": state / GIB, "all_gathered_params": gathered / GIB, "unsharded_grads": grads / GIB,
+            "activations": activations / GIB, "activations_per_sample": per_sample / GIB,
+            "overhead": (CUDA_OVERHEAD_GIB * t.use_gpu) + transient * FRAGMENTATION / GIB, "total": total / GIB,
+        }
+
+    layouts = {}
+    for kind in LAYOUTS:
+        if kind == "hsdp" and (W % per_node or W // per_node < 2):
+            continue  # one node: hsdp would be fsdp
+        mesh = mesh_for(kind, W, per_node)
+        layouts[kind] = {"mesh": list(mesh), "memory_gib": memory_of(kind, mesh[1])}
+    device_gib = device_memory_gib or (gpu_memory_gib if t.use_gpu else host_memory_gib() / per_node)
+    layout = choose_layout(cfg, W, per_node, layouts["ddp"]["memory_gib"]["total"] * GIB, device_gib * GIB)
+    memory = memory_of(layout.kind, layout.mesh[1])
 
     # ---- checks ---------------------------------------------------------------------------------------
     total_gib = memory["total"]
+    if t.mesh and cfg.train.parallelism == "hsdp" and tuple(t.mesh) != mesh_for("hsdp", W, per_node):
+        check("warning", "train.mesh", f"{list(t.mesh)} is not [nodes, workers per node] = {list(mesh_for('hsdp', W, per_node))}: "
+              "shards would span nodes")
     if t.use_gpu:
         if total_gib > gpu_memory_gib:
             check("error", "train.batch_size", f"estimated {total_gib:.1f} GiB per GPU exceeds {gpu_memory_gib:.1f} GiB: "
@@ -242,8 +324,9 @@ def dry_run(cfg: Config, gpu_memory_gib: float = H100_GIB, strict: bool = False)
         "backbone": cfg.model.backbone, "architecture": source, "model_type": vlm.config.model_type,
         "params": params,
         "fsdp_units": {"decoder_layers": len(layers), "largest_layer": layer_params, "vision_blocks": len(blocks),
-                       "largest_block": block_params, "root": root_params, "sharded": sharded},
-        "world_size": W, "nodes": math.ceil(W / GPUS_PER_NODE) if t.use_gpu else 0, "use_gpu": t.use_gpu,
+                       "largest_block": block_params, "root": root_params, "sharded": layout.sharded},
+        "layout": {"kind": layout.kind, "mesh": list(layout.mesh), "why": layout.why}, "layouts": layouts,
+        "world_size": W, "nodes": math.ceil(W / per_node), "workers_per_node": per_node, "use_gpu": t.use_gpu,
         "compute_dtype": "bf16" if c == 2 else "fp32",
         "batch": {"per_worker": t.batch_size, "grad_accum": t.grad_accum, "micro_batch": micro, "global": t.batch_size * W},
         "sequence": {"visual_tokens": visual_tokens, "crop_tokens": crop_tokens, "text_tokens": text_tokens,
@@ -278,13 +361,20 @@ def format_report(d: dict) -> str:
         f"backbone      {d['backbone']}  [{d['model_type']}; {d['architecture']}]",
         f"parameters    total {_b(p['total'])} = backbone {_b(p['backbone'])} (vision {_b(p['vision'])}, "
         f"language model {_b(p['language_model'])}) + LaRe heads {_b(p['lare_heads'])}",
-        f"world         {d['world_size']} worker(s)" + (f", {d['nodes']} node(s) of {GPUS_PER_NODE} GPUs" if d["use_gpu"] else " on CPU")
-        + f", compute {d['compute_dtype']}, FSDP2 {'sharded' if d['fsdp_units']['sharded'] else 'off'}",
+        f"world         {d['world_size']} worker(s)" + (f", {d['nodes']} node(s) of {d['workers_per_node']} GPUs" if d["use_gpu"] else " on CPU")
+        + f", compute {d['compute_dtype']}",
+        f"layout        {d['layout']['kind']} mesh {d['layout']['mesh']} [replicate, shard]: {d['layout']['why']}",
         f"batch         {b['per_worker']} per worker = {b['grad_accum']} x micro-batch {b['micro_batch']}; global {b['global']}",
         f"sequence      {s['total']} tokens = {s['visual_tokens']} visual + {s['crop_tokens']} crop + {s['text_tokens']} text "
         f"+ {s['latent_positions']} latent; {s['vision_patches']} vision patches",
         _memory_line(d),
     ]
+    for kind, lay in d["layouts"].items():
+        m = lay["memory_gib"]
+        unit, k = ("GiB", 1.0) if m["total"] >= 1 else ("MiB", 1024.0)
+        lines.append(f"  {kind:<5} mesh {str(lay['mesh']):<8} {m['total'] * k:7.1f} {unit} per device (state "
+                     f"{m['sharded_state'] * k:.1f}, params {m['all_gathered_params'] * k:.1f}, grads {m['unsharded_grads'] * k:.1f}, "
+                     f"activations {m['activations'] * k:.1f})" + ("   <- chosen" if kind == d["layout"]["kind"] else ""))
     for ch in d["checks"]:
         lines.append(f"{ch['level'].upper():<13} {ch['key']}: {ch['message']}")
     lines.append("result        " + ("OK" if d["ok"] else "CONFIG ERRORS (see above)"))

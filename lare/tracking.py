@@ -190,6 +190,14 @@ class RunLogger:
                 return -1
         return self.logged_through[key]
 
+    def tags(self, values: dict[str, str]) -> None:
+        """Facts of the run that a resumed attempt may restate differently (tags can be overwritten; params cannot)."""
+        try:
+            for k, v in values.items():
+                self.client.set_tag(self.run_id, k, v)
+        except Exception as e:
+            self._warn(f"could not set tags {sorted(values)}: {e}")
+
     def flush(self) -> bool:
         try:
             while self.pending:

@@ -3,6 +3,7 @@ shard in; metrics and checkpoints out through `ray.train.report`). Everything th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -21,7 +22,7 @@ from lare.progress import post
 from lare.train import checkpoint
 from lare.train.data import iter_batches, read_examples
 from lare.train.export import publish
-from lare.train.parallel import build_model
+from lare.train.parallel import autocast, build_model, choose
 from lare.train.plan import RunPlan, StepEvent, curriculum
 from lare.train.validate import Validation
 
@@ -148,16 +149,18 @@ def _groups(items, size: int):
         yield group
 
 
-def train_step(model, optimizer, micro_batches: list, cfg: Config, device, reporter: Reporter) -> None:
-    """One optimizer step over the micro-batches of one global batch (gradients reduced once, at the last)."""
+def train_step(model, optimizer, micro_batches: list, cfg: Config, device, reporter: Reporter, compute=None) -> None:
+    """One optimizer step over the micro-batches of one global batch (gradients reduced once, at the last).
+    `compute`: the forward's context (parallel.autocast); none = the stored dtype."""
     for j, batch in enumerate(micro_batches):
-        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once per step
+        if hasattr(model, "set_requires_gradient_sync"):  # ddp, FSDP2: all-reduce / reduce-scatter once per step
             model.set_requires_gradient_sync(j == len(micro_batches) - 1)
         if batch is None:  # every record of this micro-batch was rejected: a zero step keeps the ranks in step
             (sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0).backward()
             continue
         batch = batch.to(device)
-        out = model(batch)
+        with compute or contextlib.nullcontext():
+            out = model(batch)
         (out.loss / len(micro_batches)).backward()
         reporter.add(dict(out.terms, loss=out.loss.item()), batch.size, int(batch.attention_mask.sum()))
     if cfg.train.grad_clip > 0:
@@ -175,7 +178,11 @@ def train(plan: RunPlan) -> None:
         torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     torch.manual_seed(cfg.train.seed)
 
-    model = build_model(cfg, rank, world, device)
+    layout = choose(cfg, world, ctx.get_local_world_size(), device)
+    if rank == 0:
+        log.info("parallelism: %s", layout.describe())
+    model = build_model(cfg, rank, world, device, layout)
+    compute = autocast(cfg, layout, device)
     optimizer = make_optimizer(model, cfg)
     position, restored = checkpoint.Position(), ray.train.get_checkpoint()
     if restored is not None:  # this run's own latest checkpoint (a worker failed, or the job was re-run)
@@ -187,9 +194,12 @@ def train(plan: RunPlan) -> None:
             checkpoint.load_model_only(Path(d), model)
 
     reporter = Reporter(plan, rank, world, device, resumed=restored is not None)
+    if reporter.logger:
+        reporter.logger.tags({"parallelism.layout": layout.kind, "parallelism.mesh": str(list(layout.mesh)),
+                              "parallelism.why": layout.why})
     checkpoints = Checkpoints(resumed_at=position.step if restored is not None else -1)
     validation = Validation(read_examples(cfg.data.traces_dir, cfg.data.val_split, cfg, cfg.data.num_val_samples)
-                            if plan.validate else [], cfg, rank, world, device)
+                            if plan.validate else [], cfg, rank, world, device, compute)
 
     shard = ray.train.get_dataset_shard("train")
     stages, first_step = curriculum(cfg), position.step
@@ -208,7 +218,7 @@ def train(plan: RunPlan) -> None:
             lr = learning_rate(cfg, position.step, plan.total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            train_step(model, optimizer, micro_batches, cfg, device, reporter)
+            train_step(model, optimizer, micro_batches, cfg, device, reporter, compute)
             position.step, position.batch_in_epoch = position.step + 1, i + 1
             reporter.step_done(position.step, stage, epoch, lr, position.step - first_step)
 

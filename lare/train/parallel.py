@@ -1,34 +1,79 @@
-"""How the model is laid out on the workers: FSDP2 sharding, mixed precision, activation checkpointing.
+"""How the model is laid out on the workers: one DeviceMesh [replicate, shard] for every layout, mixed precision,
+activation checkpointing.
 
-FSDP2 (`fully_shard`) wraps every decoder layer and every vision block, then the root (LaReModel, whose
-forward runs the whole latent loop). Rank 0 builds or loads the weights on CPU; every rank builds the same
-architecture on the meta device, shards it, allocates its shard and receives the weights by broadcast, so
-no rank but the first ever holds a full copy.
+- ddp  [W, 1]: every worker holds the whole model; the gradients are all-reduced in buckets once per step
+  (DistributedDataParallel through the composable `replicate`, so the model keeps its own class and methods).
+- fsdp [1, W]: FSDP2 `fully_shard` of every decoder layer and every vision block, then the root (LaReModel, whose
+  forward runs the whole latent loop), sharded over all workers.
+- hsdp [nodes, per node]: the same FSDP2 units on the 2-D mesh: sharded within a node, replicated across nodes.
+
+The layout is chosen once per run (`choose`) and is the same on every rank. Sharded layouts never hold a full copy
+off rank 0: rank 0 builds or loads the weights on CPU, every rank builds the architecture on the meta device, shards
+it, allocates its shard and receives the weights by broadcast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from lare.config import Config
 from lare.model import LaReModel
+from lare.sizing import GIB, Layout, choose_layout, dry_run
+
+log = logging.getLogger("lare.train")
 
 
-def uses_fsdp(cfg: Config, world: int, device: torch.device) -> bool:
-    return cfg.train.fsdp and (world > 1 or device.type == "cuda")
+def device_memory_bytes(device: torch.device, local_world: int) -> float:
+    """What one worker may use: its GPU, or on CPU this host's RAM shared by the workers on it."""
+    if device.type == "cuda":
+        return float(torch.cuda.get_device_properties(device).total_memory)
+    import psutil
+
+    return psutil.virtual_memory().total / max(1, local_world)
+
+
+def choose(cfg: Config, world: int, local_world: int, device: torch.device) -> Layout:
+    """train.parallelism for this run, the same on every rank: the smallest device and the node sizes are agreed by
+    an all-reduce first (a node with fewer workers than another makes hsdp's mesh impossible: fsdp then)."""
+    memory = device_memory_bytes(device, local_world)
+    per_node = local_world
+    if world > 1 and dist.is_initialized():
+        t = torch.tensor([memory, local_world, -local_world], dtype=torch.float64,
+                         device=device if device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        memory, per_node = t[0].item(), int(t[1].item()) if int(t[1].item()) == -int(t[2].item()) else world
+    sized = replace(cfg, train=replace(cfg.train, num_workers=world))
+    ddp_gib = dry_run(sized, workers_per_node=per_node, device_memory_gib=memory / GIB)["layouts"]["ddp"]["memory_gib"]["total"]
+    return choose_layout(sized, world, per_node, ddp_gib * GIB, memory)
 
 
 def compute_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """The FSDP2 param dtype for forward/backward; None keeps the stored dtype."""
+    """The forward/backward dtype under mixed precision; None keeps the stored dtype."""
     mp = cfg.train.mixed_precision
     if mp == "bf16" or (mp == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+def autocast(cfg: Config, layout: Layout, device: torch.device):
+    """The context of every forward: ddp computes in bf16 by autocast over fp32 weights; FSDP2 casts its gathered
+    parameters itself (MixedPrecisionPolicy), so sharded layouts and fp32 need nothing."""
+    dtype = compute_dtype(cfg, device)
+    if dtype is None or layout.sharded:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_mesh(layout: Layout, device: torch.device) -> DeviceMesh:
+    return init_device_mesh(device.type, layout.mesh, mesh_dim_names=("replicate", "shard"))
 
 
 def apply_activation_checkpointing(model: LaReModel) -> None:
@@ -41,15 +86,30 @@ def apply_activation_checkpointing(model: LaReModel) -> None:
     model.vlm.model.visual.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_model(cfg: Config, rank: int, world: int, device: torch.device) -> LaReModel:
-    """The training model on this worker: sharded with FSDP2 when several workers or a GPU."""
-    if not uses_fsdp(cfg, world, device):
-        model = LaReModel.build(cfg)
-        if cfg.train.activation_checkpointing:
-            apply_activation_checkpointing(model)
-        freeze(model, cfg)
-        return model.to(device)
+def build_model(cfg: Config, rank: int, world: int, device: torch.device, layout: Layout | None = None) -> LaReModel:
+    """The training model on this worker, laid out as `layout` (default: ddp over `world` workers)."""
+    layout = layout or Layout("ddp", (world, 1), "default")
+    if not layout.sharded:
+        return _replicated(cfg, world, device, layout)
+    return _sharded(cfg, rank, device, layout)
 
+
+def _replicated(cfg: Config, world: int, device: torch.device, layout: Layout) -> LaReModel:
+    model = LaReModel.build(cfg)  # the same seed on every rank; DDP also broadcasts rank 0's weights at wrap time
+    if cfg.train.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    freeze(model, cfg)
+    model = model.to(device)
+    if world > 1:
+        from torch.distributed._composable import replicate
+
+        # find_unused_parameters: a paradigm leaves some heads out of its graph (direct has no refocus), and a
+        # frozen tower has no gradients to wait for. The tiny and real models fit one bucket of 25 MB ... 100s of.
+        replicate(model, device_mesh=make_mesh(layout, device)["replicate"], find_unused_parameters=True)
+    return model
+
+
+def _sharded(cfg: Config, rank: int, device: torch.device, layout: Layout) -> LaReModel:
     reference = LaReModel.build(cfg) if rank == 0 else None  # model.dtype: how the weights are read
     dtype = compute_dtype(cfg, device)
     # Sharded master weights in fp32 whenever compute is lower precision (bf16 weights are copied up).
@@ -57,14 +117,16 @@ def build_model(cfg: Config, rank: int, world: int, device: torch.device) -> LaR
     model = LaReModel.build(master, device="meta")
     if cfg.train.activation_checkpointing:
         apply_activation_checkpointing(model)
+    mesh = make_mesh(layout, device)
+    mesh = mesh if layout.kind == "hsdp" else mesh["shard"]  # a 2-D mesh is FSDP2's HSDP; 1-D shards over all
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
     # Decoder layers run once per latent step: keeping them gathered until backward (reshard_after_forward
     # off) trades one unsharded copy of the language model for K+1 fewer all-gathers per step.
     for layer in model.vlm.model.language_model.layers:
-        fully_shard(layer, mp_policy=mp, reshard_after_forward=cfg.train.reshard_after_forward)
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.train.reshard_after_forward)
     for block in model.vlm.model.visual.blocks:
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     model.to_empty(device=device)
 
     # Broadcast in the master dtype: every rank's receiving shard has it.

@@ -6,6 +6,7 @@ number of batches on each; the counts are summed across ranks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -18,8 +19,10 @@ from lare.train.parallel import reshard
 
 
 @torch.no_grad()
-def validate(model, examples: list[Example], cfg: Config, rank: int, world: int, device) -> tuple[dict, list[dict]]:
-    """({val_accuracy (0-100), val_mean_tokens, val_n}, this rank's rows for the validation table)."""
+def validate(model, examples: list[Example], cfg: Config, rank: int, world: int, device,
+             compute=None) -> tuple[dict, list[dict]]:
+    """({val_accuracy (0-100), val_mean_tokens, val_n}, this rank's rows for the validation table); `compute`:
+    the forward's context, as in training (parallel.autocast)."""
     was_training = model.training
     model.eval()
     mine = examples[rank::world]
@@ -33,7 +36,8 @@ def validate(model, examples: list[Example], cfg: Config, rank: int, world: int,
         if not chunk:  # this rank ran out: a stand-in keeps the ranks' forwards in step, not counted
             chunk = examples[:1]
         batch = build_batch(chunk, model.processor, cfg, prompt_only=True).to(device)
-        gen = model(batch, mode="generate")
+        with compute or contextlib.nullcontext():
+            gen = model(batch, mode="generate")
         for ex, answer, text, account in list(zip(chunk, gen.answers, gen.texts, gen.tokens))[:real]:
             ok = answers_match(answer, ex.answer)
             correct += ok
@@ -54,15 +58,16 @@ def validate(model, examples: list[Example], cfg: Config, rank: int, world: int,
 class Validation:
     """Validation during a run: the latest metrics, and rank 0's rows (the run's validation table)."""
 
-    def __init__(self, examples: list[Example], cfg: Config, rank: int, world: int, device):
+    def __init__(self, examples: list[Example], cfg: Config, rank: int, world: int, device, compute=None):
         self.examples, self.cfg, self.rank, self.world, self.device = examples, cfg, rank, world, device
+        self.compute = compute
         self.metrics: dict = {}
         self.rows: list[dict] = []
 
     def run(self, model, step: int, reporter) -> None:
         if not self.examples:
             return
-        self.metrics, rows = validate(model, self.examples, self.cfg, self.rank, self.world, self.device)
+        self.metrics, rows = validate(model, self.examples, self.cfg, self.rank, self.world, self.device, self.compute)
         if self.rank == 0:
             self.rows = rows
         reporter.validation(step, self.metrics)

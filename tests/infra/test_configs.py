@@ -27,7 +27,7 @@ def test_real_config_values(path):
     cfg = load_config(REPO / path)
     t, m, d = cfg.train, cfg.model, cfg.data
     assert m.backbone.startswith("/models/") and m.dtype == "bfloat16"
-    assert t.use_gpu and t.mixed_precision == "bf16" and t.activation_checkpointing and t.fsdp
+    assert t.use_gpu and t.mixed_precision == "bf16" and t.activation_checkpointing and t.parallelism in ("auto", "hsdp")
     assert t.num_workers % 8 == 0 and t.num_workers >= 16                 # whole 8-GPU nodes, multi-node
     assert 5e-6 <= t.lr <= 2e-5 and t.warmup_steps > 0
     assert t.batch_size % t.grad_accum == 0

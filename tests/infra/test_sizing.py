@@ -40,8 +40,14 @@ def test_real_configs_match_published_sizes_and_fit_an_h100(reports, path):
     assert d["ok"], d["checks"]
     assert not [c for c in d["checks"] if c["level"] == "warning"], d["checks"]
     assert 15 < d["memory_gib"]["total"] < H100_GIB
-    # The sharded state is exactly 16 bytes per parameter over 16 workers.
-    assert d["memory_gib"]["sharded_state"] == pytest.approx(16 * p["total"] / 16 / GIB)
+    # auto: ddp cannot hold 16 bytes per parameter on one GPU; 2 nodes of 8 -> hsdp, sharded within a node.
+    assert d["layout"]["kind"] == "hsdp" and d["layout"]["mesh"] == [2, 8] and "2 nodes" in d["layout"]["why"]
+    assert d["memory_gib"]["sharded_state"] == pytest.approx(16 * p["total"] / 8 / GIB)
+    lay = d["layouts"]
+    assert lay["ddp"]["mesh"] == [16, 1] and lay["ddp"]["memory_gib"]["total"] > H100_GIB
+    assert lay["fsdp"]["mesh"] == [1, 16]
+    assert lay["fsdp"]["memory_gib"]["sharded_state"] == pytest.approx(lay["hsdp"]["memory_gib"]["sharded_state"] / 2)
+    assert lay["hsdp"]["memory_gib"] == d["memory_gib"]
 
 
 def test_lare_head_count_matches_the_model():
@@ -54,16 +60,17 @@ def test_lare_head_count_matches_the_model():
 
 
 def test_estimate_responds_to_world_size_checkpointing_and_batch():
-    base = load_config(REPO / "configs/qwen2.5-vl-7b.yaml")
+    base = load_config(REPO / "configs/qwen2.5-vl-7b.yaml", ["train.parallelism=fsdp"])
     d16 = dry_run(base)
     d32 = dry_run(dataclasses.replace(base, train=dataclasses.replace(base.train, num_workers=32)))
+    assert d32["layout"]["mesh"] == [1, 32]
     assert d32["memory_gib"]["sharded_state"] == pytest.approx(d16["memory_gib"]["sharded_state"] / 2)
     assert d32["memory_gib"]["activations"] == pytest.approx(d16["memory_gib"]["activations"])
-    no_ckpt = dry_run(load_config(REPO / "configs/qwen2.5-vl-7b.yaml", ["train.activation_checkpointing=false"]))
+    no_ckpt = dry_run(load_config(REPO / "configs/qwen2.5-vl-7b.yaml", ["train.parallelism=fsdp", "train.activation_checkpointing=false"]))
     # checkpointing recomputes the decoder MLPs (their intermediates dominate) and whole vision blocks
     assert no_ckpt["memory_gib"]["activations_per_sample"] > 2.5 * d16["memory_gib"]["activations_per_sample"]
     assert not no_ckpt["ok"] and any(c["key"] == "train.batch_size" and "exceeds" in c["message"] for c in no_ckpt["checks"])
-    micro8 = dry_run(load_config(REPO / "configs/qwen2.5-vl-7b.yaml", ["train.grad_accum=1"]))
+    micro8 = dry_run(load_config(REPO / "configs/qwen2.5-vl-7b.yaml", ["train.parallelism=fsdp", "train.grad_accum=1"]))
     assert micro8["batch"]["micro_batch"] == 8
     assert micro8["memory_gib"]["activations"] == pytest.approx(2 * d16["memory_gib"]["activations"])
     fewer_pixels = dry_run(load_config(REPO / "configs/qwen2.5-vl-7b.yaml", ["model.max_pixels=250880"]))
@@ -102,6 +109,7 @@ def test_tiny_config_counts_the_real_model():
     real = LaReModel.build(cfg)
     assert d["params"]["total"] == sum(p.numel() for p in real.parameters())
     assert d["ok"] and d["world_size"] == 1 and not d["use_gpu"] and d["gpu_memory_gib"] is None
+    assert d["layout"]["kind"] == "ddp" and set(d["layouts"]) == {"ddp", "fsdp"}  # one node: no hsdp
     assert "MiB (host RAM per worker)" in format_report(d)
 
 

@@ -53,11 +53,14 @@ def loss_history(client, run_id: str) -> list[float]:
 def test_two_workers_fsdp_loss_falls_and_a_killed_worker_resumes_exactly(tmp_path, traces):
     from mlflow.tracking import MlflowClient
 
-    common = ("train.num_workers=2", "train.checkpoint_every=3", "train.keep_checkpoints=5")
+    # fsdp named: auto would pick ddp for the tiny model (the layouts' own equivalence: tests/train/test_parallel.py)
+    common = ("train.num_workers=2", "train.parallelism=fsdp", "train.checkpoint_every=3", "train.keep_checkpoints=5")
     clean = run(tmp_path, traces, *common, experiment="clean")
     # 48 rows / 2 workers / batch 4 = 6 steps per epoch; stages 2 and 3: 12 steps
     assert clean["steps"] == 12
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = client.get_run(clean["mlflow_run_id"]).data.tags
+    assert tags["parallelism.layout"] == "fsdp" and tags["parallelism.mesh"] == "[1, 2]", tags
     losses = loss_history(client, clean["mlflow_run_id"])
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     # The summary's validation is the final one (step 12 is a checkpoint step and a stage end: reported once).

@@ -9,6 +9,7 @@ from tests.helpers import record, tiny_config
 from lare.batch import build_batch, example_from_record
 from lare.train.loop import learning_rate
 from lare.train.plan import curriculum
+from lare.sizing import Layout
 from lare.train.parallel import build_model
 
 
@@ -46,7 +47,7 @@ def _validate_then_checkpoint(rank: int, port: int, directory: str) -> None:
     torch.set_num_threads(1)
     try:
         cfg = tiny_config("tiny-qwen2.5-vl", "lare", "method.latent_steps=2", "train.batch_size=2")
-        model = build_model(cfg, rank, 2, torch.device("cpu"))
+        model = build_model(cfg, rank, 2, torch.device("cpu"), Layout("fsdp", (1, 2), "what this test is about"))
         examples = [example_from_record(record(f"v{i}", seed=i), 1) for i in range(4)]
         validate(model, examples, cfg, rank, 2, torch.device("cpu"))
         plain = [n for n, p in model.named_parameters() if not isinstance(p, DTensor)]
