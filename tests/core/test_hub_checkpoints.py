@@ -1,0 +1,142 @@
+"""Checkpoint folders in the layouts the Hub ships (tests/hub_checkpoints.py: Qwen2.5-VL-3B and Qwen3-VL-4B at the
+published head dims, rope and patch settings, with 2 layers and narrower widths), loaded as a user would:
+`model.backbone=<folder>`."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lare.backbone import load_backbone
+from lare.batch import build_batch, example_from_record
+from lare.model import LaReModel
+from lare.processor import LaReProcessor
+from lare.train.export import export
+from tests.helpers import record, tiny_config
+from tests.hub_checkpoints import BUILDERS
+
+FAMILIES = list(BUILDERS)
+PARADIGMS = ["direct", "text_cot", "crop", "latent", "lare"]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> dict[str, Path]:
+    """One folder per family for the module (writing one takes about 0.1 s; loading it, as often as a test likes)."""
+    root = tmp_path_factory.mktemp("hub")
+    return {family: build(root / family) for family, build in BUILDERS.items()}
+
+
+def config(folder: Path, paradigm: str = "lare", *overrides):
+    return tiny_config(str(folder), paradigm, "method.latent_steps=2", *overrides)
+
+
+def examples(*sizes, max_steps: int = 3):
+    """One trace per (width, height), each with two boxed steps (the crop baseline re-encodes both)."""
+    steps = [{"text": "Find the star.", "bbox": [0.1, 0.1, 0.4, 0.5]},
+             {"text": "Look right of it.", "bbox": [0.5, 0.2, 0.9, 0.6]}]
+    return [example_from_record(record(f"r{i}", w, h, steps=steps, seed=i), max_steps) for i, (w, h) in enumerate(sizes)]
+
+
+def file_weights(folder: Path) -> dict[str, torch.Tensor]:
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    state = {}
+    for file in sorted(set(index["weight_map"].values())):
+        state.update(load_file(folder / file))
+    return state
+
+
+# Every published setting that defines the layout, as transformers must read it from each family's config.json.
+LAYOUT = {
+    "qwen2.5-vl": dict(head_dim=128, mrope_section=[16, 24, 24], rope_theta=1e6, interleaved=False, patch=14,
+                       window=112, fullatt=[1], deepstack=None),
+    "qwen3-vl": dict(head_dim=128, mrope_section=[24, 20, 20], rope_theta=5e6, interleaved=True, patch=16,
+                     window=None, fullatt=None, deepstack=[0, 1]),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_hub_folder_loads_every_weight_from_its_files_and_its_layout_from_config_json(hub, family):
+    model, processor = load_backbone(config(hub[family]).model)
+    text, vision, want = model.config.text_config, model.config.vision_config, LAYOUT[family]
+    assert text.num_hidden_layers == 2 and vision.depth == 2
+    assert getattr(text, "head_dim", text.hidden_size // text.num_attention_heads) == want["head_dim"]
+    assert text.rope_parameters["mrope_section"] == want["mrope_section"]
+    assert text.rope_parameters["rope_theta"] == want["rope_theta"]
+    assert bool(text.rope_parameters.get("mrope_interleaved")) == want["interleaved"]
+    assert vision.patch_size == processor.patch_size == want["patch"] and processor.merge_size == 2
+    assert getattr(vision, "window_size", None) == want["window"]
+    assert getattr(vision, "fullatt_block_indexes", None) == want["fullatt"]
+    assert getattr(vision, "deepstack_visual_indexes", None) == want["deepstack"]
+
+    # Every tensor of the model is the file's (bf16 on disk, read as float32): none was left at a random init by a
+    # name the conversion did not map. Qwen2.5-VL's files use the older names.
+    files = file_weights(hub[family])
+    for name, tensor in model.state_dict().items():
+        stored = name if name in files else name.replace("model.language_model.", "model.").replace("model.visual.", "visual.")
+        if name == "lm_head.weight":  # tied, stored once
+            stored = next(k for k in files if k.endswith("embed_tokens.weight"))
+        assert torch.equal(tensor, files[stored].float()), name
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    # The spare rows hold LaRe's added tokens, as 151936 rows hold them on the real checkpoints: no resize.
+    assert model.get_input_embeddings().num_embeddings == text.vocab_size > processor.lare_end_id
+    for key, token in (("image_token_id", "<|image_pad|>"), ("vision_start_token_id", "<|vision_start|>")):
+        assert getattr(model.config, key) == processor.ids[token]
+
+
+# 1920 x 1080 under model.max_pixels = 28 * 28 * 64: Qwen2.5-VL resizes to 168 x 280 px (12 x 20 patches of 14 px,
+# 60 tokens of 28 px); Qwen3-VL to 160 x 288 px (10 x 18 patches of 16 px, 45 tokens of 32 px). The checkpoints' own
+# limits (12.8 M and 16.8 M pixels) would give 2691 and 2040 tokens.
+PIXEL_LIMITS = {"qwen2.5-vl": ([1, 12, 20], 60, 2691), "qwen3-vl": ([1, 10, 18], 45, 2040)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_configured_pixel_limits_win_over_the_checkpoints_own(hub, family):
+    grid, tokens, checkpoints_own = PIXEL_LIMITS[family]
+    cfg = config(hub[family], "direct", f"model.max_pixels={28 * 28 * 64}")
+    model = LaReModel.build(cfg).eval()
+    batch = build_batch(examples((1920, 1080)), model.processor, cfg)
+    assert batch.image_grid_thw.tolist() == [grid]
+    assert int(batch.mm_token_type_ids.sum()) == tokens
+    with torch.no_grad():  # and the vision tower gives exactly that many tokens, at the language model's width
+        features = model.vlm.model.get_image_features(batch.pixel_values, batch.image_grid_thw).pooler_output
+    assert [tuple(f.shape) for f in features] == [(tokens, model.text_config.hidden_size)]
+    own = LaReProcessor.from_pretrained(hub[family])  # the folder's preprocessor_config.json alone
+    assert own.num_visual_tokens(own.images([Image.new("RGB", (1920, 1080))])[1]) == [checkpoints_own]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_and_reload_give_identical_outputs_at_mixed_image_sizes(hub, family, tmp_path):
+    cfg = config(hub[family], "lare")
+    model = LaReModel.build(cfg).eval()
+    batch = build_batch(examples((1920, 1080), (150, 100)), model.processor, cfg)
+    assert batch.image_grid_thw[0].tolist() != batch.image_grid_thw[1].tolist()
+    # the project's export (lare/train/export.py): rebuild from model.backbone, load the state, save_pretrained
+    loaded = LaReModel.from_pretrained(export(model.state_dict(), cfg, tmp_path / "export")).eval()
+    a, b = model(batch, return_logits=True), loaded(batch, return_logits=True)
+    assert torch.equal(a.logits, b.logits) and a.loss.item() == b.loss.item()
+    prompts = build_batch(examples((1920, 1080), (150, 100)), model.processor, cfg, prompt_only=True)
+    assert model(prompts, mode="generate", max_new_tokens=4).texts == loaded(prompts, mode="generate", max_new_tokens=4).texts
+    assert torch.equal(batch.input_ids, build_batch(batch.examples, loaded.processor, cfg).input_ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("paradigm", PARADIGMS)
+def test_every_paradigm_trains_and_generates_on_a_hub_folder(hub, family, paradigm):
+    cfg = config(hub[family], paradigm)
+    model = LaReModel.build(cfg)
+    out = model(build_batch(examples((224, 224), (150, 100)), model.processor, cfg))
+    assert math.isfinite(out.loss.item()) and math.isfinite(out.terms["answer_ce"])
+    out.loss.backward()
+    assert model.vlm.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert model.vlm.model.visual.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    model.eval()
+    gen = model(build_batch(examples((224, 224), (150, 100)), model.processor, cfg, prompt_only=True),
+                mode="generate", max_new_tokens=3)
+    assert len(gen.texts) == 2 and all(isinstance(t, str) and t for t in gen.texts)
+    assert all(t["generated"] >= 1 and t["visual"] > 0 for t in gen.tokens)
+    if paradigm in ("latent", "lare"):
+        assert all(t["latent"] == 2 for t in gen.tokens)
