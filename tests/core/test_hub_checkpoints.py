@@ -17,7 +17,7 @@ from lare.model import LaReModel
 from lare.processor import LaReProcessor
 from lare.train.export import export
 from tests.helpers import record, tiny_config
-from tests.hub_checkpoints import BUILDERS
+from tests.hub_checkpoints import BUILDERS, SYSTEM_TURN
 
 FAMILIES = list(BUILDERS)
 PARADIGMS = ["direct", "text_cot", "crop", "latent", "lare"]
@@ -109,6 +109,27 @@ def test_configured_pixel_limits_win_over_the_checkpoints_own(hub, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_the_prompt_is_the_checkpoints_chat_template(hub, family, tmp_path):
+    """Qwen2.5-VL's template opens every conversation with its default system turn; the model was tuned with it,
+    so LaRe's prompt must have it too. Qwen3-VL's template has none. An export keeps the folder's template."""
+    _, processor = load_backbone(config(hub[family]).model)
+    question, choices = "Which shape is red?", ["the star", "the circle"]
+    ids = processor.prompt_ids(question, choices, n_image_tokens=5)
+    messages = [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": LaReProcessor.user_text(question, choices)}]}]
+    rendered = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    image = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert processor.decode(ids) == rendered.replace(image, "<|vision_start|>" + "<|image_pad|>" * 5 + "<|vision_end|>")
+    assert ids.count(processor.image_token_id) == 5
+    opening = SYSTEM_TURN + "<|im_start|>user\n" if family == "qwen2.5-vl" else "<|im_start|>user\n"
+    assert rendered.startswith(opening + image + "Which shape is red?\nOptions:\nA. the star\nB. the circle<|im_end|>")
+    assert rendered.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+    processor.save_pretrained(tmp_path / "saved")
+    assert LaReProcessor.from_pretrained(tmp_path / "saved").prompt_ids(question, choices, 5) == ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_export_and_reload_give_identical_outputs_at_mixed_image_sizes(hub, family, tmp_path):
     cfg = config(hub[family], "lare")
     model = LaReModel.build(cfg).eval()
@@ -140,3 +161,4 @@ def test_every_paradigm_trains_and_generates_on_a_hub_folder(hub, family, paradi
     assert all(t["generated"] >= 1 and t["visual"] > 0 for t in gen.tokens)
     if paradigm in ("latent", "lare"):
         assert all(t["latent"] == 2 for t in gen.tokens)
+
