@@ -162,3 +162,62 @@ def test_every_paradigm_trains_and_generates_on_a_hub_folder(hub, family, paradi
     if paradigm in ("latent", "lare"):
         assert all(t["latent"] == 2 for t in gen.tokens)
 
+
+def _train_and_export_with_fsdp(rank: int, port: int, folder: str, out: str) -> None:
+    """One of two gloo workers: FSDP2-shard the Hub folder's model, train two steps on this rank's own image size,
+    save a sharded checkpoint, gather the weights and (rank 0) export them."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from lare.train import checkpoint
+    from lare.train.parallel import build_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        cfg = config(Path(folder), "lare", "train.batch_size=1")
+        model = build_model(cfg, rank, 2, torch.device("cpu"))
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        batch = build_batch(examples([(224, 224), (150, 100)][rank]), model.processor, cfg, fixed_slots=True)
+        for _ in range(2):
+            model(batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        checkpoint.save(Path(out) / "checkpoint", model, optimizer, checkpoint.Position(step=2), rank)
+        full = checkpoint.full_model_state(model)  # every rank takes part in the gather
+        if rank == 0:
+            export(full, cfg, Path(out) / "export")
+            torch.save(full, Path(out) / "trained.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # load_model_only in this one process
+def test_fsdp2_training_on_two_workers_checkpoints_and_exports_a_hub_folder(hub, tmp_path, free_port):
+    # Qwen2.5-VL's tied embeddings are one parameter in two modules: FSDP2 must shard, train and gather it once.
+    from lare.train import checkpoint
+
+    torch.multiprocessing.spawn(_train_and_export_with_fsdp, args=(free_port, str(hub["qwen2.5-vl"]), str(tmp_path)),
+                                nprocs=2)
+    trained = torch.load(tmp_path / "trained.pt", weights_only=True)
+    cfg = config(hub["qwen2.5-vl"], "lare")
+    start = LaReModel.build(cfg).state_dict()
+    assert trained.keys() == start.keys()
+    assert torch.equal(trained["vlm.lm_head.weight"], trained["vlm.model.language_model.embed_tokens.weight"])
+    changed = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert any(".language_model.layers." in k for k in changed) and any(".visual.blocks." in k for k in changed)
+    assert any(k.startswith("refocus.") for k in changed)
+
+    exported = LaReModel.from_pretrained(tmp_path / "export")
+    assert all(torch.equal(v, trained[k]) for k, v in exported.state_dict().items())
+    # the export prompts as the checkpoint did: the folder's chat template went with it
+    assert exported.processor.decode(exported.processor.prompt_ids("Q?", [], 1)).startswith(SYSTEM_TURN)
+    # and the sharded checkpoint holds the same weights (loaded here in one process, unsharded)
+    resumed = LaReModel.build(cfg)
+    checkpoint.load_model_only(tmp_path / "checkpoint", resumed)
+    assert all(torch.equal(v, trained[k]) for k, v in resumed.state_dict().items())
+
