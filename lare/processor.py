@@ -240,6 +240,10 @@ class LaReProcessor:
                         crop_max_pixels: int | None = None) -> "LaReProcessor":
         path = Path(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        processor_template = path / "chat_template.json"
+        if not tokenizer.chat_template and processor_template.is_file():
+            # The processor's copy of the template, which AutoTokenizer does not read: some folders have only it.
+            tokenizer.chat_template = json.loads(processor_template.read_text())["chat_template"]
         # As min_pixels / max_pixels, not as size=: a Hub checkpoint's preprocessor_config.json has its own
         # min_pixels / max_pixels keys, and Qwen2VLImageProcessor lets those override a size given beside them (a
         # configured 60-token limit would give a 1920x1080 image 2691 tokens).

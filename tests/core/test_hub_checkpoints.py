@@ -221,3 +221,15 @@ def test_fsdp2_training_on_two_workers_checkpoints_and_exports_a_hub_folder(hub,
     checkpoint.load_model_only(tmp_path / "checkpoint", resumed)
     assert all(torch.equal(v, trained[k]) for k, v in resumed.state_dict().items())
 
+
+def test_a_template_only_in_chat_template_json_is_used(hub, tmp_path):
+    """Some folders keep the chat template only in the processor's chat_template.json (processor.save_pretrained of
+    older transformers releases), which AutoTokenizer does not read: the template is the folder's all the same."""
+    import shutil
+
+    folder = Path(shutil.copytree(hub["qwen2.5-vl"], tmp_path / "qwen2.5-vl"))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    del tokenizer_config["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    processor = LaReProcessor.from_pretrained(folder)
+    assert processor.decode(processor.prompt_ids("Q?", [], 1)).startswith(SYSTEM_TURN + "<|im_start|>user\n")
