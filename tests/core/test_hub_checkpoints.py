@@ -145,9 +145,9 @@ def test_export_and_reload_give_identical_outputs_at_mixed_image_sizes(hub, fami
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("paradigm", PARADIGMS)
-def test_every_paradigm_trains_and_generates_on_a_hub_folder(hub, family, paradigm):
-    cfg = config(hub[family], paradigm)
+@pytest.mark.parametrize("paradigm, refocus", [(p, "cross_attention") for p in PARADIGMS] + [("lare", "lm_attention")])
+def test_every_paradigm_trains_and_generates_on_a_hub_folder(hub, family, paradigm, refocus):
+    cfg = config(hub[family], paradigm, f"method.refocus={refocus}")  # lm_attention: the eager kernel
     model = LaReModel.build(cfg)
     out = model(build_batch(examples((224, 224), (150, 100)), model.processor, cfg))
     assert math.isfinite(out.loss.item()) and math.isfinite(out.terms["answer_ce"])
@@ -161,6 +161,21 @@ def test_every_paradigm_trains_and_generates_on_a_hub_folder(hub, family, paradi
     assert all(t["generated"] >= 1 and t["visual"] > 0 for t in gen.tokens)
     if paradigm in ("latent", "lare"):
         assert all(t["latent"] == 2 for t in gen.tokens)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cached_latent_loop_equals_naive_reforward_at_the_published_rope(hub, family):
+    # head dim 128 with theta 1e6 / 5e6 (the tiny presets use 16-32 and 8-50), Qwen2.5-VL's windowed vision block,
+    # Qwen3-VL's deepstack into both decoder layers: the cached loop must still be the full re-forward.
+    cfg = config(hub[family], "lare", "method.latent_steps=3")
+    model = LaReModel.build(cfg).eval()
+    batch = build_batch(examples((224, 224), (150, 100)), model.processor, cfg)
+    cached, naive = model(batch, return_logits=True), model(batch, kv_cache=False, return_logits=True)
+    torch.testing.assert_close(cached.logits, naive.logits, atol=1e-4, rtol=1e-4)
+    prompts = build_batch(examples((224, 224), (150, 100)), model.processor, cfg, prompt_only=True)
+    a = model(prompts, mode="generate", max_new_tokens=4)
+    b = model(prompts, mode="generate", max_new_tokens=4, kv_cache=False)
+    assert a.texts == b.texts and a.tokens == b.tokens
 
 
 def _train_and_export_with_fsdp(rank: int, port: int, folder: str, out: str) -> None:
