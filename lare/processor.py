@@ -30,17 +30,18 @@ QWEN_SPECIALS = [
 ]
 BOX_RE = re.compile(r"\((\d{1,4}),(\d{1,4})\),\((\d{1,4}),(\d{1,4})\)")
 ANSWER_PREFIX = "Answer: "
+IMAGE_PART = "<|vision_start|><|image_pad|><|vision_end|>"  # what Qwen's chat templates render for an image
 # The prompt layout below as a chat template, for a tokenizer that has none (the tiny presets): an export then
 # tells other tools (a chat UI, vLLM, `apply_chat_template`) how LaRe was prompted. One image part becomes one
 # <|image_pad|>, which the image processor's token count expands, as with Qwen's own templates. No default
-# system turn: LaRe never trains with one.
+# system turn (the tiny presets were never tuned with one); a checkpoint's own template is used as it is.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\n' -}}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
-    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{{- '" + IMAGE_PART + "' -}}"
     "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{{- '<|im_end|>\n' -}}"
@@ -119,7 +120,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 class LaReProcessor:
     """Tokenizer + Qwen image processor + the prompt layout every paradigm shares.
 
-    Prompt: <|im_start|>user\n<|vision_start|><|image_pad|>*P<|vision_end|>{question}{options}<|im_end|>\n<|im_start|>assistant\n
+    Prompt (the tokenizer's chat template; the tiny presets' CHAT_TEMPLATE gives):
+    <|im_start|>user\n<|vision_start|><|image_pad|>*P<|vision_end|>{question}{options}<|im_end|>\n<|im_start|>assistant\n
     """
 
     def __init__(self, tokenizer, image_processor: Qwen2VLImageProcessorPil, crop_max_pixels: int | None = None):
@@ -199,8 +201,16 @@ class LaReProcessor:
         return question + options
 
     def prompt_ids(self, question: str, choices: list[str], n_image_tokens: int) -> list[int]:
-        return (self.encode("<|im_start|>user\n") + self.image_ids(n_image_tokens)
-                + self.encode(self.user_text(question, choices) + "<|im_end|>\n<|im_start|>assistant\n"))
+        """The prompt as the tokenizer's chat template renders one user turn (the image, then the question) with the
+        assistant's turn opened: a checkpoint's own template, with its default system turn when it has one (Qwen2.5-VL
+        was tuned with "You are a helpful assistant."), or CHAT_TEMPLATE. The image part becomes n_image_tokens."""
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": self.user_text(question, choices)}]}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        before, image, after = text.partition(IMAGE_PART)
+        if not image:
+            raise ValueError(f"the tokenizer's chat template renders no {IMAGE_PART} for an image part: {text!r}")
+        return self.encode(before) + self.image_ids(n_image_tokens) + self.encode(after)
 
     def step_ids(self, text: str, box) -> list[int]:
         """One CoT step as text; its box, when it has one, in Qwen-VL grounding form."""
@@ -230,6 +240,10 @@ class LaReProcessor:
                         crop_max_pixels: int | None = None) -> "LaReProcessor":
         path = Path(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        processor_template = path / "chat_template.json"
+        if not tokenizer.chat_template and processor_template.is_file():
+            # The processor's copy of the template, which AutoTokenizer does not read: some folders have only it.
+            tokenizer.chat_template = json.loads(processor_template.read_text())["chat_template"]
         # As min_pixels / max_pixels, not as size=: a Hub checkpoint's preprocessor_config.json has its own
         # min_pixels / max_pixels keys, and Qwen2VLImageProcessor lets those override a size given beside them (a
         # configured 60-token limit would give a 1920x1080 image 2691 tokens).
