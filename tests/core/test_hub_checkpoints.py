@@ -187,6 +187,7 @@ def _train_and_export_with_fsdp(rank: int, port: int, folder: str, out: str) -> 
     from torch.distributed.tensor import DTensor
 
     from lare.train import checkpoint
+    from lare.sizing import Layout
     from lare.train.parallel import build_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -194,7 +195,7 @@ def _train_and_export_with_fsdp(rank: int, port: int, folder: str, out: str) -> 
     torch.set_num_threads(1)
     try:
         cfg = config(Path(folder), "lare", "train.batch_size=1")
-        model = build_model(cfg, rank, 2, torch.device("cpu"))
+        model = build_model(cfg, rank, 2, torch.device("cpu"), Layout("fsdp", (1, 2), "FSDP2 is what this test is about"))
         assert all(isinstance(p, DTensor) for p in model.parameters())
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         batch = build_batch(examples([(224, 224), (150, 100)][rank]), model.processor, cfg, fixed_slots=True)
