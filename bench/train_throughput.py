@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="lare-tp-") as tmp:
         tmp = Path(tmp)
-        with ray_for(num_cpus=(os.cpu_count() or 2) + 2, temp_dir=str(tmp / "ray")):
+        with ray_for(num_cpus=(os.cpu_count() or 2) + 2):
             traces = args.traces
             if not traces:
                 traces = str(tmp / "traces")
