@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.autograd.profiler import record_function
 
 from lare.backbone import load_backbone
 from lare.batch import Batch
@@ -202,13 +203,15 @@ class LaReModel(nn.Module):
         h, lm_attention = prompt.hidden[:, -1], prompt.attention
         n_prompt = None if lm_attention is None else lm_attention.shape[1]
         active = slot_mask[:, 0].clone()
+        cos, sin = prompt.state.rotary(positions, h)  # [B, K, head_dim]: every slot's rotary, before the loop
         zs, maps, slot_hidden, ran = [], [], [], []
         for t in range(slot_mask.shape[1]):
             active = active & slot_mask[:, t]
-            z, refocus_map = self.latent_input(h, prompt.visual, lm_attention, ablation)
+            with record_function("lare.refocus"):
+                z, refocus_map = self.latent_input(h, prompt.visual, lm_attention, ablation)
             z = torch.where(active[:, None], z, torch.zeros_like(z))
             out = prompt.state.append(z[:, None], positions[:, :, t:t + 1], active[:, None].long(),
-                                      want_attn=self.reads_lm_attention)
+                                      want_attn=self.reads_lm_attention, rope=(cos[:, t:t + 1], sin[:, t:t + 1]))
             h_slot = out.hidden[:, -1]
             h = torch.where(active[:, None], h_slot, h)
             if out.attention is not None:  # the refocus reads the prompt's columns only

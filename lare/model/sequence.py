@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+from torch.autograd.profiler import record_function
+from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
 
 from lare.batch import Batch
@@ -71,18 +74,35 @@ class Decoded(NamedTuple):
 
 class DecodeState:
     """The growing sequence of a batch. With a KV cache each `append` runs only the new positions; without one
-    (the naive reference, for tests and benchmarks) it re-runs everything so far. Same inputs, same outputs."""
+    (the naive reference, for tests and benchmarks) it re-runs everything so far. Same inputs, same outputs.
+
+    One new position at a time (latent steps, decoding) goes through `_one_position` when the language model
+    allows it (`_can_step_alone`): its layers' own modules, with none of the per-call machinery of the model's
+    forward (mask building, rotary positions, output capture), which at the tiny presets costs as much as the layers."""
 
     def __init__(self, vlm, kv_cache: bool = True):
         self.vlm, self.kv_cache = vlm, kv_cache
         self.cache = DynamicCache(config=vlm.config.text_config) if kv_cache else None
         self.mask = None  # [B, T] attention mask of every position so far
         self.full = None  # naive mode: (embeds, positions, visual mask, deepstack dense) of every position so far
+        self.lm = vlm.model.language_model
+        self.step_alone = kv_cache and _can_step_alone(self.lm)
+        self._fused = None  # per layer (qkv weight, qkv bias, q/k norm weight, gate/up weight), built once per forward
 
-    def append(self, embeds, positions, mask, visual_mask=None, deepstack=None, want_attn=False) -> Decoded:
+    def rotary(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, c, head_dim] of positions [3, B, c]: computed once for all K latent slots (the positions are
+        known before the loop) instead of once per step."""
+        return self.lm.rotary_emb(like, positions)
+
+    def append(self, embeds, positions, mask, visual_mask=None, deepstack=None, want_attn=False,
+               rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> Decoded:
         """embeds [B, c, D], positions [3, B, c], mask [B, c]; visual_mask [B, c] with deepstack rows for its
-        True entries."""
+        True entries. `rope`: this chunk's cos and sin (DecodeState.rotary) when already computed."""
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], 1)
+        if self.step_alone and embeds.shape[1] == 1 and visual_mask is None and not want_attn:
+            with record_function("lare.decoder"):
+                hidden = self._one_position(embeds, rope if rope is not None else self.rotary(positions, embeds))
+            return Decoded(hidden, None)
         if self.kv_cache:
             out = _language_model(self.vlm, embeds, positions, self.mask, self.cache, visual_mask, deepstack, want_attn)
             hidden = out.last_hidden_state
@@ -110,6 +130,93 @@ class DecodeState:
         if want_attn:
             attention = torch.stack([a[:, :, -1, :] for a in out.attentions]).mean((0, 2))
         return Decoded(hidden, attention)
+
+    def _one_position(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x [B, 1, D] -> last-layer hidden state [B, 1, D], appending its keys and values to the cache.
+
+        The same operations as the layers' forward, in the same order (the result is bitwise the model's), with
+        fewer of them: q, k and v from one matmul, the rotary applied to q and k as one tensor, gate and up from
+        one matmul. The attention call is the one the model's SDPA integration makes for a single query."""
+        if self._fused is None:
+            with record_function("lare.fuse_weights"):
+                self._fused = [_fused_layer(layer) for layer in self.lm.layers]
+        cfg = self.lm.config
+        B, _, D = x.shape
+        H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        cos, sin = rope                                                      # [B, 1, head_dim]
+        with record_function("lare.mask"):
+            # What create_causal_mask gives one query: no mask when nothing is padded (SDPA then groups the
+            # query heads itself), else the padding row; a single query sees every earlier position.
+            attn_mask = None if bool(self.mask.all()) else self.mask.bool()[:, None, None, :]   # [B, 1, 1, T]
+        for i, (layer, (qkv_w, qkv_b, qk_norm_w, gate_up_w)) in enumerate(zip(self.lm.layers, self._fused)):
+            attn = layer.self_attn
+            hd = attn.head_dim
+            qkv = F.linear(_rms_norm(x, layer.input_layernorm), qkv_w, qkv_b).view(B, H + 2 * Hkv, hd)
+            qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv:, None]             # [B, H + Hkv, hd], [B, Hkv, 1, hd]
+            if qk_norm_w is not None:  # Qwen3: q_norm and k_norm, per head
+                qk = qk_norm_w * _rms(qk.float(), attn.q_norm.variance_epsilon).to(qk.dtype)
+            qk = qk * cos + _rotate_half(qk) * sin
+            with record_function("lare.cache"):
+                k, v = self.cache.update(qk[:, H:, None], v, attn.layer_idx)     # [B, Hkv, T, hd]
+            dropout = attn.attention_dropout if attn.training else 0.0
+            if attn_mask is None or H == Hkv:
+                o = F.scaled_dot_product_attention(qk[:, :H, None], k, v, attn_mask=attn_mask, dropout_p=dropout,
+                                                   scale=attn.scaling, enable_gqa=H != Hkv)
+            else:  # the query heads of each key/value head as that head's queries: no repeat of the cache
+                o = F.scaled_dot_product_attention(qk[:, :H].view(B, Hkv, H // Hkv, hd), k, v, attn_mask=attn_mask,
+                                                   dropout_p=dropout, scale=attn.scaling)
+            x = x + attn.o_proj(o.reshape(B, 1, H * hd))   # heads in order either way: (kv head, query of it)
+            y = _rms_norm(x, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            if gate_up_w is None:  # wrapped (activation checkpointing): the module itself
+                y = mlp(y)
+            else:
+                gate, up = F.linear(y, gate_up_w).chunk(2, -1)
+                y = mlp.down_proj(mlp.act_fn(gate) * up)
+            x = x + y
+        return _rms_norm(x, self.lm.norm)
+
+
+def _can_step_alone(lm) -> bool:
+    """`_one_position` knows the layers of Qwen2/2.5/3-VL's text models under PyTorch SDPA, with full attention.
+    FSDP2 gathers a layer's parameters only around the layer's forward, so a sharded model goes through it."""
+    cfg = lm.config
+    return (cfg._attn_implementation == "sdpa"
+            and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or ["full_attention"])
+            and not any(isinstance(m, FSDPModule) for m in lm.modules())
+            and all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in lm.layers))
+
+
+def _fused_layer(layer):
+    """One layer's projections side by side: (qkv weight, qkv bias or None, q/k norm weight per head or None,
+    gate/up weight or None). Concatenated from the parameters (gradients flow back to each), once per forward."""
+    attn, mlp = layer.self_attn, layer.mlp
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    qkv_w = torch.cat([p.weight for p in projections])
+    qkv_b = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
+    qk_norm_w = None
+    if hasattr(attn, "q_norm"):
+        cfg = attn.config
+        qk_norm_w = torch.cat([attn.q_norm.weight.expand(cfg.num_attention_heads, -1),
+                               attn.k_norm.weight.expand(cfg.num_key_value_heads, -1)])  # [H + Hkv, head_dim]
+    gate_up_w = None
+    if "gate_proj" in mlp._modules and mlp.gate_proj.bias is None and mlp.up_proj.bias is None:
+        gate_up_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+    return qkv_w, qkv_b, qk_norm_w, gate_up_w
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """The Qwen RMSNorm modules' forward (in float32, scaled after the cast back)."""
+    return norm.weight * _rms(x.float(), norm.variance_epsilon).to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class LatentRun(NamedTuple):
