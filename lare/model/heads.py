@@ -14,8 +14,11 @@ from torch import nn
 
 
 class RefocusKV(NamedTuple):
-    keys: torch.Tensor    # [B, P, H, head_dim]
-    values: torch.Tensor  # [B, P, H, head_dim]
+    """Laid out once per forward for the per-step products: a plain batched matmul each, no einsum permutes
+    (each a copy forward and a node backward, at every latent step)."""
+
+    keys: torch.Tensor    # [B, H, head_dim, P]
+    values: torch.Tensor  # [B, H, P, head_dim]
 
 
 class Refocus(nn.Module):
@@ -63,11 +66,12 @@ class Refocus(nn.Module):
         normed = self.kv_norm(V)
         k = (self.k(normed) + self.k_pos(pos)).view(B, P, self.heads, self.head_dim)
         v = (self.v(normed) + self.v_pos(pos)).view(B, P, self.heads, self.head_dim)
-        return RefocusKV(k, v)
+        return RefocusKV(k.permute(0, 2, 3, 1).contiguous(), v.transpose(1, 2).contiguous())
 
     def scores(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        q = self.q(h).view(h.shape[0], self.heads, self.head_dim)
-        return torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
+        """h [B, D], k [B, H, head_dim, P] -> [B, H, P]."""
+        q = self.q(h).view(h.shape[0], self.heads, 1, self.head_dim)
+        return (q @ k).squeeze(2) / math.sqrt(self.head_dim)
 
     @staticmethod
     def weights(scores: torch.Tensor, vmask: torch.Tensor, top_k: int = 0) -> torch.Tensor:
@@ -80,7 +84,8 @@ class Refocus(nn.Module):
         return scores.softmax(-1)
 
     def read(self, weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.out_norm(torch.einsum("bhp,bphd->bhd", weights, v).reshape(v.shape[0], -1))
+        """weights [B, H, P], v [B, H, P, head_dim] -> r_t [B, R]."""
+        return self.out_norm((weights[:, :, None] @ v).reshape(v.shape[0], -1))
 
 
 POSITION_BANDS = 4
