@@ -90,9 +90,13 @@ class DecodeState:
         self._fused = None  # per layer (qkv weight, qkv bias, q/k norm weight, gate/up weight), built once per forward
 
     def rotary(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, c, head_dim] of positions [3, B, c]: computed once for all K latent slots (the positions are
-        known before the loop) instead of once per step."""
-        return self.lm.rotary_emb(like, positions)
+        """The rotary of positions [3, B, c] in the form `_one_position` applies it: cos and a signed sin
+        [B, c, head_dim] (computed once for all K latent slots, whose positions are known before the loop)."""
+        cos, sin = self.lm.rotary_emb(like, positions)
+        half = sin.shape[-1] // 2
+        # rotate_half(x) * sin == x.roll(half) * [-sin_1, sin_2], exactly (a sign moves from x to sin): one op
+        # for the three of rotate_half (two slices, a negation, a concatenation), in forward and in backward
+        return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
     def append(self, embeds, positions, mask, visual_mask=None, deepstack=None, want_attn=False,
                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> Decoded:
@@ -135,27 +139,31 @@ class DecodeState:
         """x [B, 1, D] -> last-layer hidden state [B, 1, D], appending its keys and values to the cache.
 
         The same operations as the layers' forward, in the same order (the result is bitwise the model's), with
-        fewer of them: q, k and v from one matmul, the rotary applied to q and k as one tensor, gate and up from
-        one matmul. The attention call is the one the model's SDPA integration makes for a single query."""
+        fewer of them, which is what a step costs at these sizes, in forward and again in backward: the position
+        kept as [B, D] (no views around each matmul), weights concatenated and transposed once per forward (q/k/v
+        and gate/up each one matmul), q and k rotated as one tensor. The attention call is the one the model's
+        SDPA integration makes for a single query."""
         if self._fused is None:
             with record_function("lare.fuse_weights"):
                 self._fused = [_fused_layer(layer) for layer in self.lm.layers]
         cfg = self.lm.config
         B, _, D = x.shape
         H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-        cos, sin = rope                                                      # [B, 1, head_dim]
+        cos, sin = rope[0][:, 0, None], rope[1][:, 0, None]                  # [B, 1, head_dim]
         with record_function("lare.mask"):
             # What create_causal_mask gives one query: no mask when nothing is padded (SDPA then groups the
             # query heads itself), else the padding row; a single query sees every earlier position.
             attn_mask = None if bool(self.mask.all()) else self.mask.bool()[:, None, None, :]   # [B, 1, 1, T]
-        for i, (layer, (qkv_w, qkv_b, qk_norm_w, gate_up_w)) in enumerate(zip(self.lm.layers, self._fused)):
+        x = x[:, 0]                                                                             # [B, D]
+        for layer, w in zip(self.lm.layers, self._fused):
             attn = layer.self_attn
             hd = attn.head_dim
-            qkv = F.linear(_rms_norm(x, layer.input_layernorm), qkv_w, qkv_b).view(B, H + 2 * Hkv, hd)
+            y = _rms_norm(x, layer.input_layernorm)
+            qkv = (y @ w.qkv if w.qkv_bias is None else torch.addmm(w.qkv_bias, y, w.qkv)).view(B, H + 2 * Hkv, hd)
             qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv:, None]             # [B, H + Hkv, hd], [B, Hkv, 1, hd]
-            if qk_norm_w is not None:  # Qwen3: q_norm and k_norm, per head
-                qk = qk_norm_w * _rms(qk.float(), attn.q_norm.variance_epsilon).to(qk.dtype)
-            qk = qk * cos + _rotate_half(qk) * sin
+            if w.qk_norm is not None:  # Qwen3: q_norm and k_norm, per head
+                qk = w.qk_norm * _rms(qk.float(), attn.q_norm.variance_epsilon).to(qk.dtype)
+            qk = qk * cos + qk.roll(hd // 2, -1) * sin
             with record_function("lare.cache"):
                 k, v = self.cache.update(qk[:, H:, None], v, attn.layer_idx)     # [B, Hkv, T, hd]
             dropout = attn.attention_dropout if attn.training else 0.0
@@ -165,16 +173,16 @@ class DecodeState:
             else:  # the query heads of each key/value head as that head's queries: no repeat of the cache
                 o = F.scaled_dot_product_attention(qk[:, :H].view(B, Hkv, H // Hkv, hd), k, v, attn_mask=attn_mask,
                                                    dropout_p=dropout, scale=attn.scaling)
-            x = x + attn.o_proj(o.reshape(B, 1, H * hd))   # heads in order either way: (kv head, query of it)
+            o = o.reshape(B, H * hd)  # heads in order either way: (kv head, query of it)
+            x = x + (o @ w.o if w.o_bias is None else torch.addmm(w.o_bias, o, w.o))
             y = _rms_norm(x, layer.post_attention_layernorm)
-            mlp = layer.mlp
-            if gate_up_w is None:  # wrapped (activation checkpointing): the module itself
-                y = mlp(y)
+            if w.gate_up is None:  # wrapped (activation checkpointing): the module itself
+                y = layer.mlp(y)
             else:
-                gate, up = F.linear(y, gate_up_w).chunk(2, -1)
-                y = mlp.down_proj(mlp.act_fn(gate) * up)
+                gate, up = (y @ w.gate_up).chunk(2, -1)
+                y = (layer.mlp.act_fn(gate) * up) @ w.down
             x = x + y
-        return _rms_norm(x, self.lm.norm)
+        return _rms_norm(x, self.lm.norm)[:, None]
 
 
 def _can_step_alone(lm) -> bool:
@@ -187,22 +195,34 @@ def _can_step_alone(lm) -> bool:
             and all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in lm.layers))
 
 
-def _fused_layer(layer):
-    """One layer's projections side by side: (qkv weight, qkv bias or None, q/k norm weight per head or None,
-    gate/up weight or None). Concatenated from the parameters (gradients flow back to each), once per forward."""
+class _LayerWeights(NamedTuple):
+    """One layer's weights as `_one_position` multiplies by them: transposed ([in, out], what F.linear multiplies
+    by) and side by side where one matmul does two or three projections. Built from the parameters once per
+    forward (gradients flow back to each); None where the layer does not have it."""
+
+    qkv: torch.Tensor                 # [D, (H + 2 Hkv) head_dim]
+    qkv_bias: torch.Tensor | None     # [(H + 2 Hkv) head_dim]
+    qk_norm: torch.Tensor | None      # [H + Hkv, head_dim] Qwen3's q_norm and k_norm weights, per head
+    o: torch.Tensor                   # [H head_dim, D]
+    o_bias: torch.Tensor | None       # [D]
+    gate_up: torch.Tensor | None      # [D, 2 I]; None when the MLP is wrapped (activation checkpointing)
+    down: torch.Tensor | None         # [I, D]
+
+
+def _fused_layer(layer) -> _LayerWeights:
     attn, mlp = layer.self_attn, layer.mlp
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    qkv_w = torch.cat([p.weight for p in projections])
-    qkv_b = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
-    qk_norm_w = None
+    qkv_bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
+    qk_norm = None
     if hasattr(attn, "q_norm"):
         cfg = attn.config
-        qk_norm_w = torch.cat([attn.q_norm.weight.expand(cfg.num_attention_heads, -1),
-                               attn.k_norm.weight.expand(cfg.num_key_value_heads, -1)])  # [H + Hkv, head_dim]
-    gate_up_w = None
-    if "gate_proj" in mlp._modules and mlp.gate_proj.bias is None and mlp.up_proj.bias is None:
-        gate_up_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-    return qkv_w, qkv_b, qk_norm_w, gate_up_w
+        qk_norm = torch.cat([attn.q_norm.weight.expand(cfg.num_attention_heads, -1),
+                             attn.k_norm.weight.expand(cfg.num_key_value_heads, -1)])
+    gate_up = down = None
+    if "gate_proj" in mlp._modules and all(m.bias is None for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+        gate_up, down = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t(), mlp.down_proj.weight.t()
+    return _LayerWeights(torch.cat([p.weight for p in projections]).t(), qkv_bias, qk_norm, attn.o_proj.weight.t(),
+                         attn.o_proj.bias, gate_up, down)
 
 
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -212,11 +232,6 @@ def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
 def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
     """The Qwen RMSNorm modules' forward (in float32, scaled after the cast back)."""
     return norm.weight * _rms(x.float(), norm.variance_epsilon).to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class LatentRun(NamedTuple):
