@@ -13,12 +13,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.profiler import record_function
 from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache
 
 from lare.batch import Batch
-from lare.model.heads import RefocusKV, position_features
+from lare.model.heads import RefocusKV, position_features, profiled, rms_norm
 
 # ---- the backbone's pieces --------------------------------------------------------------------------------
 
@@ -104,7 +103,7 @@ class DecodeState:
         True entries. `rope`: this chunk's cos and sin (DecodeState.rotary) when already computed."""
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], 1)
         if self.step_alone and embeds.shape[1] == 1 and visual_mask is None and not want_attn:
-            with record_function("lare.decoder"):
+            with profiled("lare.decoder"):
                 hidden = self._one_position(embeds, rope if rope is not None else self.rotary(positions, embeds))
             return Decoded(hidden, None)
         if self.kv_cache:
@@ -144,13 +143,13 @@ class DecodeState:
         and gate/up each one matmul), q and k rotated as one tensor. The attention call is the one the model's
         SDPA integration makes for a single query."""
         if self._fused is None:
-            with record_function("lare.fuse_weights"):
+            with profiled("lare.fuse_weights"):
                 self._fused = [_fused_layer(layer) for layer in self.lm.layers]
         cfg = self.lm.config
         B, _, D = x.shape
         H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
         cos, sin = rope[0][:, 0, None], rope[1][:, 0, None]                  # [B, 1, head_dim]
-        with record_function("lare.mask"):
+        with profiled("lare.mask"):
             # What create_causal_mask gives one query: no mask when nothing is padded (SDPA then groups the
             # query heads itself), else the padding row; a single query sees every earlier position.
             attn_mask = None if bool(self.mask.all()) else self.mask.bool()[:, None, None, :]   # [B, 1, 1, T]
@@ -162,9 +161,9 @@ class DecodeState:
             qkv = (y @ w.qkv if w.qkv_bias is None else torch.addmm(w.qkv_bias, y, w.qkv)).view(B, H + 2 * Hkv, hd)
             qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv:, None]             # [B, H + Hkv, hd], [B, Hkv, 1, hd]
             if w.qk_norm is not None:  # Qwen3: q_norm and k_norm, per head
-                qk = w.qk_norm * _rms(qk.float(), attn.q_norm.variance_epsilon).to(qk.dtype)
+                qk = rms_norm(qk, w.qk_norm, attn.q_norm.variance_epsilon)
             qk = qk * cos + qk.roll(hd // 2, -1) * sin
-            with record_function("lare.cache"):
+            with profiled("lare.cache"):
                 k, v = self.cache.update(qk[:, H:, None], v, attn.layer_idx)     # [B, Hkv, T, hd]
             dropout = attn.attention_dropout if attn.training else 0.0
             if attn_mask is None or H == Hkv:
@@ -225,13 +224,8 @@ def _fused_layer(layer) -> _LayerWeights:
                          attn.o_proj.bias, gate_up, down)
 
 
-def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-
-
 def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
-    """The Qwen RMSNorm modules' forward (in float32, scaled after the cast back)."""
-    return norm.weight * _rms(x.float(), norm.variance_epsilon).to(x.dtype)
+    return rms_norm(x, norm.weight, norm.variance_epsilon)
 
 
 class LatentRun(NamedTuple):
