@@ -98,6 +98,52 @@ def test_kv_cached_latent_loop_equals_naive_reforward(backbone, paradigm, refocu
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_one_position_step_is_the_language_models_forward(backbone, records):
+    """The decode state's single-position path (every latent step, every decoded token) against the language
+    model's own forward on the same cache: hidden states bitwise equal, gradients to fp32 rounding (the fused
+    projections sum in another order). Padded rows (different image sizes) and the unpadded case both."""
+    from lare.model.sequence import Prompt
+
+    model, cfg = build(backbone, "lare")
+    for recs in (records, [records[0]] * 2):
+        batch = build_batch(examples(recs), model.processor, cfg, prompt_only=True)
+        z = torch.randn(batch.size, 2, model.text_config.hidden_size)
+        # a random read-out: a loss on the hidden states' norm would have a gradient of zero through the final
+        # RMSNorm, and both paths would only compare their rounding noise
+        readout = torch.randn_like(z)
+        runs = []
+        for fast in (True, False):
+            model.zero_grad(set_to_none=True)
+            prompt = Prompt(model.vlm, model.processor.image_token_id, batch, batch.input_ids.shape[1])
+            assert prompt.state.step_alone
+            prompt.state.step_alone = fast
+            start = int(prompt.positions.max()) + 1
+            hidden = [prompt.state.append(z[:, t:t + 1], torch.full((3, batch.size, 1), start + t),
+                                          torch.ones(batch.size, 1, dtype=torch.long)).hidden for t in range(2)]
+            (torch.cat(hidden, 1) * readout).sum().backward()
+            runs.append((hidden, {n: p.grad.clone() for n, p in model.vlm.named_parameters() if p.grad is not None}))
+        (fast_h, fast_g), (ref_h, ref_g) = runs
+        assert all(torch.equal(a, b) for a, b in zip(fast_h, ref_h))
+        assert fast_g.keys() == ref_g.keys()
+        for name in ref_g:
+            scale = float(ref_g[name].abs().max())
+            torch.testing.assert_close(fast_g[name], ref_g[name], atol=1e-5 * scale, rtol=1e-5, msg=name)
+
+
+def test_rms_norm_function_is_the_qwen_norm_with_its_gradient():
+    from lare.model.heads import RMSNormFunction, rms_norm
+
+    x = torch.randn(5, 3, 16, dtype=torch.double, requires_grad=True)
+    for w in (torch.randn(16, dtype=torch.double, requires_grad=True),
+              torch.randn(3, 16, dtype=torch.double, requires_grad=True)):  # one weight, per-head weights
+        assert torch.autograd.gradcheck(lambda a, b: RMSNormFunction.apply(a, b, 1e-6), (x, w))
+    model, _ = build("tiny-qwen3-vl", "lare")
+    norm = model.vlm.model.language_model.norm
+    h = torch.randn(4, 7, norm.weight.shape[0])
+    assert torch.equal(rms_norm(h, norm.weight, norm.variance_epsilon), norm(h))
+
+
 def test_curriculum_replaces_exactly_the_first_steps(records):
     model, cfg = build("tiny-qwen2.5-vl", "lare", "method.latents_per_step=2", "method.latent_steps=5")
     p = model.processor
