@@ -44,18 +44,20 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """The Qwen RMSNorm forward (in float32, scaled after the cast back), through RMSNormFunction."""
-    if x.dtype == torch.float32:
+    """The Qwen RMSNorm forward (in float32, scaled after the cast back): through RMSNormFunction when autograd
+    records it, else as plain operations (an autograd.Function costs more than it saves without a backward)."""
+    if x.dtype == torch.float32 and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         return RMSNormFunction.apply(x, w, eps)
-    return w * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    xf = x.float()
+    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class RefocusKV(NamedTuple):
-    """Laid out once per forward for the per-step products: a plain batched matmul each, no einsum permutes
-    (each a copy forward and a node backward, at every latent step)."""
+    """Laid out once per forward for the per-step products: one bmm each over the B * H (sample, head) pairs, with
+    no einsum permutes or matmul broadcasting (each a copy or view forward and a node backward, at every step)."""
 
-    keys: torch.Tensor    # [B, H, head_dim, P]
-    values: torch.Tensor  # [B, H, P, head_dim]
+    keys: torch.Tensor    # [B * H, head_dim, P]
+    values: torch.Tensor  # [B * H, P, head_dim]
 
 
 class Refocus(nn.Module):
@@ -103,12 +105,14 @@ class Refocus(nn.Module):
         normed = self.kv_norm(V)
         k = (self.k(normed) + self.k_pos(pos)).view(B, P, self.heads, self.head_dim)
         v = (self.v(normed) + self.v_pos(pos)).view(B, P, self.heads, self.head_dim)
-        return RefocusKV(k.permute(0, 2, 3, 1).contiguous(), v.transpose(1, 2).contiguous())
+        return RefocusKV(k.permute(0, 2, 3, 1).reshape(B * self.heads, self.head_dim, P),
+                         v.transpose(1, 2).reshape(B * self.heads, P, self.head_dim))
 
     def scores(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """h [B, D], k [B, H, head_dim, P] -> [B, H, P]."""
-        q = self.q(h).view(h.shape[0], self.heads, 1, self.head_dim)
-        return (q @ k).squeeze(2) / math.sqrt(self.head_dim)
+        """h [B, D], k [B * H, head_dim, P] -> [B, H, P]."""
+        B = h.shape[0]
+        q = self.q(h).view(B * self.heads, 1, self.head_dim)
+        return torch.bmm(q, k).view(B, self.heads, -1) / math.sqrt(self.head_dim)
 
     @staticmethod
     def weights(scores: torch.Tensor, vmask: torch.Tensor, top_k: int = 0) -> torch.Tensor:
@@ -121,8 +125,9 @@ class Refocus(nn.Module):
         return scores.softmax(-1)
 
     def read(self, weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """weights [B, H, P], v [B, H, P, head_dim] -> r_t [B, R]."""
-        r = (weights[:, :, None] @ v).reshape(v.shape[0], -1)
+        """weights [B, H, P], v [B * H, P, head_dim] -> r_t [B, R]."""
+        B, H, P = weights.shape
+        r = torch.bmm(weights.reshape(B * H, 1, P), v).view(B, -1)
         return rms_norm(r, self.out_norm.weight, self.out_norm.eps or torch.finfo(r.dtype).eps)  # = self.out_norm(r)
 
 

@@ -86,16 +86,16 @@ class DecodeState:
         self.full = None  # naive mode: (embeds, positions, visual mask, deepstack dense) of every position so far
         self.lm = vlm.model.language_model
         self.step_alone = kv_cache and _can_step_alone(self.lm)
-        self._fused = None  # per layer (qkv weight, qkv bias, q/k norm weight, gate/up weight), built once per forward
+        self._layers = None  # the decoder layers as `_one_position` runs them (_Layer), built once per forward
 
     def rotary(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rotary of positions [3, B, c] in the form `_one_position` applies it: cos and a signed sin
-        [B, c, head_dim] (computed once for all K latent slots, whose positions are known before the loop)."""
+        [B, c, 1, head_dim] (computed once for all K latent slots, whose positions are known before the loop)."""
         cos, sin = self.lm.rotary_emb(like, positions)
         half = sin.shape[-1] // 2
         # rotate_half(x) * sin == x.roll(half) * [-sin_1, sin_2], exactly (a sign moves from x to sin): one op
         # for the three of rotate_half (two slices, a negation, a concatenation), in forward and in backward
-        return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        return cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, :, None]
 
     def append(self, embeds, positions, mask, visual_mask=None, deepstack=None, want_attn=False,
                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> Decoded:
@@ -139,49 +139,46 @@ class DecodeState:
 
         The same operations as the layers' forward, in the same order (the result is bitwise the model's), with
         fewer of them, which is what a step costs at these sizes, in forward and again in backward: the position
-        kept as [B, D] (no views around each matmul), weights concatenated and transposed once per forward (q/k/v
-        and gate/up each one matmul), q and k rotated as one tensor. The attention call is the one the model's
-        SDPA integration makes for a single query."""
-        if self._fused is None:
+        kept as [B, D] rows (no views around each matmul), weights concatenated and transposed once per forward
+        (q/k/v and gate/up each one matmul), q and k rotated as one tensor, every constant read once per forward.
+        The attention call is the one the model's SDPA integration makes for a single query."""
+        if self._layers is None:
             with profiled("lare.fuse_weights"):
-                self._fused = [_fused_layer(layer) for layer in self.lm.layers]
-        cfg = self.lm.config
-        B, _, D = x.shape
-        H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-        cos, sin = rope[0][:, 0, None], rope[1][:, 0, None]                  # [B, 1, head_dim]
+                self._layers = [_Layer.of(layer) for layer in self.lm.layers]
+        B = x.shape[0]
+        cos, sin = rope                                                      # [B, 1, 1, hd]
         with profiled("lare.mask"):
             # What create_causal_mask gives one query: no mask when nothing is padded (SDPA then groups the
             # query heads itself), else the padding row; a single query sees every earlier position.
             attn_mask = None if bool(self.mask.all()) else self.mask.bool()[:, None, None, :]   # [B, 1, 1, T]
         x = x[:, 0]                                                                             # [B, D]
-        for layer, w in zip(self.lm.layers, self._fused):
-            attn = layer.self_attn
-            hd = attn.head_dim
-            y = _rms_norm(x, layer.input_layernorm)
-            qkv = (y @ w.qkv if w.qkv_bias is None else torch.addmm(w.qkv_bias, y, w.qkv)).view(B, H + 2 * Hkv, hd)
-            qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv:, None]             # [B, H + Hkv, hd], [B, Hkv, 1, hd]
-            if w.qk_norm is not None:  # Qwen3: q_norm and k_norm, per head
-                qk = rms_norm(qk, w.qk_norm, attn.q_norm.variance_epsilon)
+        for L in self._layers:
+            H, Hkv, hd = L.heads, L.kv_heads, L.head_dim
+            y = rms_norm(x, L.in_norm, L.in_eps)
+            qkv = y @ L.qkv if L.qkv_bias is None else torch.addmm(L.qkv_bias, y, L.qkv)
+            qkv = qkv.view(B, H + 2 * Hkv, 1, hd)                            # heads: q, then k, then v
+            qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv:]
+            if L.qk_norm is not None:  # Qwen3: q_norm and k_norm, per head
+                qk = rms_norm(qk, L.qk_norm, L.qk_eps)
             qk = qk * cos + qk.roll(hd // 2, -1) * sin
             with profiled("lare.cache"):
-                k, v = self.cache.update(qk[:, H:, None], v, attn.layer_idx)     # [B, Hkv, T, hd]
-            dropout = attn.attention_dropout if attn.training else 0.0
+                k, v = self.cache.update(qk[:, H:], v, L.index)              # [B, Hkv, T, hd]
             if attn_mask is None or H == Hkv:
-                o = F.scaled_dot_product_attention(qk[:, :H, None], k, v, attn_mask=attn_mask, dropout_p=dropout,
-                                                   scale=attn.scaling, enable_gqa=H != Hkv)
+                o = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=attn_mask, dropout_p=L.dropout,
+                                                   scale=L.scaling, enable_gqa=H != Hkv)
             else:  # the query heads of each key/value head as that head's queries: no repeat of the cache
                 o = F.scaled_dot_product_attention(qk[:, :H].view(B, Hkv, H // Hkv, hd), k, v, attn_mask=attn_mask,
-                                                   dropout_p=dropout, scale=attn.scaling)
+                                                   dropout_p=L.dropout, scale=L.scaling)
             o = o.reshape(B, H * hd)  # heads in order either way: (kv head, query of it)
-            x = x + (o @ w.o if w.o_bias is None else torch.addmm(w.o_bias, o, w.o))
-            y = _rms_norm(x, layer.post_attention_layernorm)
-            if w.gate_up is None:  # wrapped (activation checkpointing): the module itself
-                y = layer.mlp(y)
+            x = x + (o @ L.o if L.o_bias is None else torch.addmm(L.o_bias, o, L.o))
+            y = rms_norm(x, L.post_norm, L.post_eps)
+            if L.gate_up is None:  # wrapped (activation checkpointing): the module itself
+                y = L.mlp(y)
             else:
-                gate, up = (y @ w.gate_up).chunk(2, -1)
-                y = (layer.mlp.act_fn(gate) * up) @ w.down
+                gate, up = (y @ L.gate_up).chunk(2, -1)
+                y = (L.act(gate) * up) @ L.down
             x = x + y
-        return _rms_norm(x, self.lm.norm)[:, None]
+        return rms_norm(x, self.lm.norm.weight, self.lm.norm.variance_epsilon)[:, None]
 
 
 def _can_step_alone(lm) -> bool:
@@ -194,38 +191,53 @@ def _can_step_alone(lm) -> bool:
             and all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in lm.layers))
 
 
-class _LayerWeights(NamedTuple):
-    """One layer's weights as `_one_position` multiplies by them: transposed ([in, out], what F.linear multiplies
-    by) and side by side where one matmul does two or three projections. Built from the parameters once per
-    forward (gradients flow back to each); None where the layer does not have it."""
+class _Layer(NamedTuple):
+    """One decoder layer as `_one_position` runs it: its weights as it multiplies by them (transposed, [in, out],
+    what F.linear multiplies by, and side by side where one matmul does two or three projections) and its
+    constants. Built from the parameters once per forward (gradients flow back to each); None where the layer
+    does not have it."""
 
+    index: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scaling: float
+    dropout: float                    # attention dropout in training, as the layer applies it
+    in_norm: torch.Tensor             # [D]
+    in_eps: float
+    post_norm: torch.Tensor           # [D]
+    post_eps: float
     qkv: torch.Tensor                 # [D, (H + 2 Hkv) head_dim]
     qkv_bias: torch.Tensor | None     # [(H + 2 Hkv) head_dim]
-    qk_norm: torch.Tensor | None      # [H + Hkv, head_dim] Qwen3's q_norm and k_norm weights, per head
+    qk_norm: torch.Tensor | None      # [H + Hkv, 1, head_dim] Qwen3's q_norm and k_norm weights, per head
+    qk_eps: float
     o: torch.Tensor                   # [H head_dim, D]
     o_bias: torch.Tensor | None       # [D]
-    gate_up: torch.Tensor | None      # [D, 2 I]; None when the MLP is wrapped (activation checkpointing)
+    mlp: torch.nn.Module              # run as a module when wrapped (activation checkpointing)
+    act: object
+    gate_up: torch.Tensor | None      # [D, 2 I]; None when the MLP is wrapped
     down: torch.Tensor | None         # [I, D]
 
-
-def _fused_layer(layer) -> _LayerWeights:
-    attn, mlp = layer.self_attn, layer.mlp
-    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    qkv_bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
-    qk_norm = None
-    if hasattr(attn, "q_norm"):
+    @classmethod
+    def of(cls, layer) -> "_Layer":
+        attn, mlp = layer.self_attn, layer.mlp
         cfg = attn.config
-        qk_norm = torch.cat([attn.q_norm.weight.expand(cfg.num_attention_heads, -1),
-                             attn.k_norm.weight.expand(cfg.num_key_value_heads, -1)])
-    gate_up = down = None
-    if "gate_proj" in mlp._modules and all(m.bias is None for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
-        gate_up, down = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t(), mlp.down_proj.weight.t()
-    return _LayerWeights(torch.cat([p.weight for p in projections]).t(), qkv_bias, qk_norm, attn.o_proj.weight.t(),
-                         attn.o_proj.bias, gate_up, down)
-
-
-def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
-    return rms_norm(x, norm.weight, norm.variance_epsilon)
+        H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        qkv_bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        qk_norm, qk_eps = None, 0.0
+        if hasattr(attn, "q_norm"):
+            qk_norm = torch.cat([attn.q_norm.weight.expand(H, -1), attn.k_norm.weight.expand(Hkv, -1)])[:, None]
+            qk_eps = attn.q_norm.variance_epsilon  # k_norm's too: both are built from rms_norm_eps
+        gate_up = down = act = None
+        if "gate_proj" in mlp._modules and all(m.bias is None for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+            gate_up, down, act = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t(), mlp.down_proj.weight.t(), mlp.act_fn
+        norms = layer.input_layernorm, layer.post_attention_layernorm
+        return cls(attn.layer_idx, H, Hkv, attn.head_dim, attn.scaling,
+                   attn.attention_dropout if attn.training else 0.0,
+                   norms[0].weight, norms[0].variance_epsilon, norms[1].weight, norms[1].variance_epsilon,
+                   torch.cat([p.weight for p in projections]).t(), qkv_bias, qk_norm, qk_eps,
+                   attn.o_proj.weight.t(), attn.o_proj.bias, mlp, act, gate_up, down)
 
 
 class LatentRun(NamedTuple):
