@@ -181,11 +181,16 @@ class DecodeState:
         return rms_norm(x, self.lm.norm.weight, self.lm.norm.variance_epsilon)[:, None]
 
 
+# The text models whose layers `_one_position` re-expresses, each checked against the model's forward by
+# tests/core/test_model.py (both tiny presets); any other goes through the model's forward.
+STEP_ALONE_MODELS = ("qwen2_5_vl_text", "qwen3_vl_text")
+
+
 def _can_step_alone(lm) -> bool:
-    """`_one_position` knows the layers of Qwen2/2.5/3-VL's text models under PyTorch SDPA, with full attention.
-    FSDP2 gathers a layer's parameters only around the layer's forward, so a sharded model goes through it."""
+    """`_one_position` knows these layers under PyTorch SDPA, with full attention. FSDP2 gathers a layer's
+    parameters only around the layer's forward, so a sharded model goes through it."""
     cfg = lm.config
-    return (cfg._attn_implementation == "sdpa"
+    return (cfg.model_type in STEP_ALONE_MODELS and cfg._attn_implementation == "sdpa"
             and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or ["full_attention"])
             and not any(isinstance(m, FSDPModule) for m in lm.modules())
             and all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in lm.layers))
