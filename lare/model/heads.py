@@ -25,7 +25,7 @@ class RMSNormFunction(torch.autograd.Function):
     """w * x / rms(x) over the last dim, as the Qwen RMSNorm modules compute it (the same operations in the same
     order: the output is bitwise theirs), with one backward node instead of their six. The latent loop normalises
     five times per step, and at the tiny presets each node's overhead outweighs its arithmetic.
-    x [..., d] float32; w [d] or any trailing shape of x (per-head weights)."""
+    x [..., d] float32; w [d] or any shape that broadcasts to x's (per-head weights)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -39,7 +39,7 @@ class RMSNormFunction(torch.autograd.Function):
         n, r, w = ctx.saved_tensors
         gn = g * w
         gx = r * (gn - n * (gn * n).mean(-1, keepdim=True))
-        gw = (g * n).reshape(-1, *w.shape).sum(0) if ctx.needs_input_grad[1] else None
+        gw = (g * n).sum_to_size(w.shape) if ctx.needs_input_grad[1] else None
         return gx, gw, None
 
 

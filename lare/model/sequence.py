@@ -75,9 +75,10 @@ class DecodeState:
     """The growing sequence of a batch. With a KV cache each `append` runs only the new positions; without one
     (the naive reference, for tests and benchmarks) it re-runs everything so far. Same inputs, same outputs.
 
-    One new position at a time (latent steps, decoding) goes through `_one_position` when the language model
-    allows it (`_can_step_alone`): its layers' own modules, with none of the per-call machinery of the model's
-    forward (mask building, rotary positions, output capture), which at the tiny presets costs as much as the layers."""
+    Text positions appended to a cache (each latent step, each decoded token, the training suffix after the
+    latents) go through `_text_positions` when the language model allows it (`_can_step_alone`): its layers' own
+    weights, with none of the per-call machinery of the model's forward (mask building, rotary positions, output
+    capture), which at the tiny presets costs as much as the layers."""
 
     def __init__(self, vlm, kv_cache: bool = True):
         self.vlm, self.kv_cache = vlm, kv_cache
@@ -86,10 +87,10 @@ class DecodeState:
         self.full = None  # naive mode: (embeds, positions, visual mask, deepstack dense) of every position so far
         self.lm = vlm.model.language_model
         self.step_alone = kv_cache and _can_step_alone(self.lm)
-        self._layers = None  # the decoder layers as `_one_position` runs them (_Layer), built once per forward
+        self._layers = None  # the decoder layers as `_text_positions` runs them (_Layer), built once per forward
 
     def rotary(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rotary of positions [3, B, c] in the form `_one_position` applies it: cos and a signed sin
+        """The rotary of positions [3, B, c] in the form `_text_positions` applies it: cos and a signed sin
         [B, c, 1, head_dim] (computed once for all K latent slots, whose positions are known before the loop)."""
         cos, sin = self.lm.rotary_emb(like, positions)
         half = sin.shape[-1] // 2
@@ -102,9 +103,9 @@ class DecodeState:
         """embeds [B, c, D], positions [3, B, c], mask [B, c]; visual_mask [B, c] with deepstack rows for its
         True entries. `rope`: this chunk's cos and sin (DecodeState.rotary) when already computed."""
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], 1)
-        if self.step_alone and embeds.shape[1] == 1 and visual_mask is None and not want_attn:
+        if self.step_alone and visual_mask is None and not want_attn and self.cache.get_seq_length() > 0:
             with profiled("lare.decoder"):
-                hidden = self._one_position(embeds, rope if rope is not None else self.rotary(positions, embeds))
+                hidden = self._text_positions(embeds, rope if rope is not None else self.rotary(positions, embeds))
             return Decoded(hidden, None)
         if self.kv_cache:
             out = _language_model(self.vlm, embeds, positions, self.mask, self.cache, visual_mask, deepstack, want_attn)
@@ -134,29 +135,37 @@ class DecodeState:
             attention = torch.stack([a[:, :, -1, :] for a in out.attentions]).mean((0, 2))
         return Decoded(hidden, attention)
 
-    def _one_position(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x [B, 1, D] -> last-layer hidden state [B, 1, D], appending its keys and values to the cache.
+    def _text_positions(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x [B, c, D] (text, after a non-empty cache) -> last-layer hidden states [B, c, D], appending their keys
+        and values to the cache.
 
         The same operations as the layers' forward, in the same order (the result is bitwise the model's), with
-        fewer of them, which is what a step costs at these sizes, in forward and again in backward: the position
-        kept as [B, D] rows (no views around each matmul), weights concatenated and transposed once per forward
-        (q/k/v and gate/up each one matmul), q and k rotated as one tensor, every constant read once per forward.
-        The attention call is the one the model's SDPA integration makes for a single query."""
+        fewer of them, which is what a step costs at these sizes, in forward and again in backward: positions
+        kept as [B * c, D] rows (no views around each matmul), weights concatenated and transposed once per
+        forward (q/k/v and gate/up each one matmul), q and k rotated as one tensor, every constant read once per
+        forward. Mask and attention call are the ones the model's SDPA integration makes (one query: the padding
+        row, or none when nothing is padded; several: causal and padding, the cache's heads repeated)."""
         if self._layers is None:
             with profiled("lare.fuse_weights"):
                 self._layers = [_Layer.of(layer) for layer in self.lm.layers]
-        B = x.shape[0]
-        cos, sin = rope                                                      # [B, 1, 1, hd]
+        B, c, D = x.shape
+        cos, sin = rope                                                      # [B, c, 1, hd]
+        if c > 1:
+            cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)              # [B, 1, c, hd]
         with profiled("lare.mask"):
-            # What create_causal_mask gives one query: no mask when nothing is padded (SDPA then groups the
-            # query heads itself), else the padding row; a single query sees every earlier position.
-            attn_mask = None if bool(self.mask.all()) else self.mask.bool()[:, None, None, :]   # [B, 1, 1, T]
-        x = x[:, 0]                                                                             # [B, D]
+            T = self.mask.shape[1]
+            if c == 1:  # a single query sees every earlier position: only padding, if any, is masked
+                attn_mask = None if bool(self.mask.all()) else self.mask.bool()[:, None, None, :]   # [B, 1, 1, T]
+            else:  # query i sits at T - c + i
+                causal = torch.arange(T, device=x.device) <= torch.arange(T - c, T, device=x.device)[:, None]
+                attn_mask = self.mask.bool()[:, None, None, :] & causal                  # [B, 1, c, T]
+        x = x.reshape(B * c, D)
         for L in self._layers:
             H, Hkv, hd = L.heads, L.kv_heads, L.head_dim
             y = rms_norm(x, L.in_norm, L.in_eps)
             qkv = y @ L.qkv if L.qkv_bias is None else torch.addmm(L.qkv_bias, y, L.qkv)
-            qkv = qkv.view(B, H + 2 * Hkv, 1, hd)                            # heads: q, then k, then v
+            # heads: q, then k, then v
+            qkv = qkv.view(B, H + 2 * Hkv, 1, hd) if c == 1 else qkv.view(B, c, H + 2 * Hkv, hd).transpose(1, 2)
             qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv:]
             if L.qk_norm is not None:  # Qwen3: q_norm and k_norm, per head
                 qk = rms_norm(qk, L.qk_norm, L.qk_eps)
@@ -166,10 +175,15 @@ class DecodeState:
             if attn_mask is None or H == Hkv:
                 o = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=attn_mask, dropout_p=L.dropout,
                                                    scale=L.scaling, enable_gqa=H != Hkv)
-            else:  # the query heads of each key/value head as that head's queries: no repeat of the cache
+            elif c == 1:  # the query heads of each key/value head as that head's queries: no repeat of the cache
                 o = F.scaled_dot_product_attention(qk[:, :H].view(B, Hkv, H // Hkv, hd), k, v, attn_mask=attn_mask,
                                                    dropout_p=L.dropout, scale=L.scaling)
-            o = o.reshape(B, H * hd)  # heads in order either way: (kv head, query of it)
+            else:
+                k, v = (t[:, :, None].expand(-1, -1, H // Hkv, -1, -1).reshape(B, H, T, hd) for t in (k, v))
+                o = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=attn_mask, dropout_p=L.dropout,
+                                                   scale=L.scaling)
+            # [B * c, H * hd]; for one position the heads are in order either way: (kv head, query of it)
+            o = o.reshape(B, H * hd) if c == 1 else o.transpose(1, 2).reshape(B * c, H * hd)
             x = x + (o @ L.o if L.o_bias is None else torch.addmm(L.o_bias, o, L.o))
             y = rms_norm(x, L.post_norm, L.post_eps)
             if L.gate_up is None:  # wrapped (activation checkpointing): the module itself
@@ -178,16 +192,16 @@ class DecodeState:
                 gate, up = (y @ L.gate_up).chunk(2, -1)
                 y = (L.act(gate) * up) @ L.down
             x = x + y
-        return rms_norm(x, self.lm.norm.weight, self.lm.norm.variance_epsilon)[:, None]
+        return rms_norm(x, self.lm.norm.weight, self.lm.norm.variance_epsilon).view(B, c, D)
 
 
-# The text models whose layers `_one_position` re-expresses, each checked against the model's forward by
+# The text models whose layers `_text_positions` re-expresses, each checked against the model's forward by
 # tests/core/test_model.py (both tiny presets); any other goes through the model's forward.
 STEP_ALONE_MODELS = ("qwen2_5_vl_text", "qwen3_vl_text")
 
 
 def _can_step_alone(lm) -> bool:
-    """`_one_position` knows these layers under PyTorch SDPA, with full attention. FSDP2 gathers a layer's
+    """`_text_positions` knows these layers under PyTorch SDPA, with full attention. FSDP2 gathers a layer's
     parameters only around the layer's forward, so a sharded model goes through it."""
     cfg = lm.config
     return (cfg.model_type in STEP_ALONE_MODELS and cfg._attn_implementation == "sdpa"
@@ -197,7 +211,7 @@ def _can_step_alone(lm) -> bool:
 
 
 class _Layer(NamedTuple):
-    """One decoder layer as `_one_position` runs it: its weights as it multiplies by them (transposed, [in, out],
+    """One decoder layer as `_text_positions` runs it: its weights as it multiplies by them (transposed, [in, out],
     what F.linear multiplies by, and side by side where one matmul does two or three projections) and its
     constants. Built from the parameters once per forward (gradients flow back to each); None where the layer
     does not have it."""

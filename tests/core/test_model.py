@@ -99,16 +99,18 @@ def test_kv_cached_latent_loop_equals_naive_reforward(backbone, paradigm, refocu
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_one_position_step_is_the_language_models_forward(backbone, records):
-    """The decode state's single-position path (every latent step, every decoded token) against the language
-    model's own forward on the same cache: hidden states bitwise equal, gradients to fp32 rounding (the fused
-    projections sum in another order). Padded rows (different image sizes) and the unpadded case both."""
+def test_text_positions_path_is_the_language_models_forward(backbone, records):
+    """The decode state's own path for text appended to the cache (every latent step, every decoded token, the
+    training suffix) against the language model's forward on the same cache: hidden states bitwise equal,
+    gradients to fp32 rounding (the fused projections sum in another order). One position and a chunk of three;
+    padded rows (different image sizes) and the unpadded case."""
     from lare.model.sequence import Prompt
 
     model, cfg = build(backbone, "lare")
     for recs in (records, [records[0]] * 2):
         batch = build_batch(examples(recs), model.processor, cfg, prompt_only=True)
-        z = torch.randn(batch.size, 2, model.text_config.hidden_size)
+        chunks = (1, 1, 3)
+        z = torch.randn(batch.size, sum(chunks), model.text_config.hidden_size)
         # a random read-out: a loss on the hidden states' norm would have a gradient of zero through the final
         # RMSNorm, and both paths would only compare their rounding noise
         readout = torch.randn_like(z)
@@ -118,9 +120,12 @@ def test_one_position_step_is_the_language_models_forward(backbone, records):
             prompt = Prompt(model.vlm, model.processor.image_token_id, batch, batch.input_ids.shape[1])
             assert prompt.state.step_alone
             prompt.state.step_alone = fast
-            start = int(prompt.positions.max()) + 1
-            hidden = [prompt.state.append(z[:, t:t + 1], torch.full((3, batch.size, 1), start + t),
-                                          torch.ones(batch.size, 1, dtype=torch.long)).hidden for t in range(2)]
+            start, hidden = int(prompt.positions.max()) + 1, []
+            for c in chunks:
+                t = sum(h.shape[1] for h in hidden)
+                positions = (start + t + torch.arange(c))[None, None].expand(3, batch.size, c)
+                hidden.append(prompt.state.append(z[:, t:t + c], positions,
+                                                  torch.ones(batch.size, c, dtype=torch.long)).hidden)
             (torch.cat(hidden, 1) * readout).sum().backward()
             runs.append((hidden, {n: p.grad.clone() for n, p in model.vlm.named_parameters() if p.grad is not None}))
         (fast_h, fast_g), (ref_h, ref_g) = runs
