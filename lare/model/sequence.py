@@ -288,13 +288,16 @@ class VisualContext:
 def encode_images(vlm, batch: Batch, image_token_id: int) -> VisualContext:
     features, deepstack = encode_pixels(vlm, batch.pixel_values, batch.image_grid_thw)
     originals = [f for f, o in zip(features, batch.image_is_original.tolist()) if o]
-    n_visual = max(f.shape[0] for f in originals)
-    tokens = features[0].new_zeros(len(originals), n_visual, features[0].shape[-1])
-    mask = torch.zeros(len(originals), n_visual, dtype=torch.bool, device=tokens.device)
-    for b, f in enumerate(originals):
-        rows = torch.arange(f.shape[0], device=tokens.device)
-        tokens = tokens.index_put((torch.tensor([b], device=tokens.device), rows), f)
-        mask[b, : f.shape[0]] = True
+    device = features[0].device
+    counts = torch.tensor([f.shape[0] for f in originals], device=device)
+    n_visual = int(counts.max())
+    mask = torch.arange(n_visual, device=device) < counts[:, None]                          # [B, P]
+    # One gather from the concatenated tokens (padding reads a zero row) rather than a write per sample: the
+    # refocus reads these tokens, so each write was an autograd node of every lare step.
+    flat = torch.cat([*originals, originals[0].new_zeros(1, originals[0].shape[-1])])       # [sum P_b + 1, D]
+    starts = torch.cumsum(counts, 0) - counts
+    index = torch.where(mask, starts[:, None] + torch.arange(n_visual, device=device), flat.shape[0] - 1)
+    tokens = flat[index]                                                                    # [B, P, D]
     return VisualContext(features, deepstack, tokens, mask, batch.grid_hw,
                          position_features(batch.grid_hw, n_visual).to(tokens.dtype),
                          _original_image_columns(batch.input_ids, image_token_id, mask))
