@@ -167,7 +167,7 @@ def latent_breakdown(K: int, records, args, training: bool) -> dict:
             loop(p, positions)
             walls.append(time.perf_counter() - t0)
         runs = []
-        for _ in range(max(3, args.repeats // 3)):
+        for _ in range(args.repeats):
             runs.append(prompt())
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for p, positions in runs:

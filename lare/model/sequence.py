@@ -289,8 +289,8 @@ def encode_images(vlm, batch: Batch, image_token_id: int) -> VisualContext:
     features, deepstack = encode_pixels(vlm, batch.pixel_values, batch.image_grid_thw)
     originals = [f for f, o in zip(features, batch.image_is_original.tolist()) if o]
     device = features[0].device
-    counts = torch.tensor([f.shape[0] for f in originals], device=device)
-    n_visual = int(counts.max())
+    sizes = [f.shape[0] for f in originals]
+    n_visual, counts = max(sizes), torch.tensor(sizes, device=device)
     mask = torch.arange(n_visual, device=device) < counts[:, None]                          # [B, P]
     # One gather from the concatenated tokens (padding reads a zero row) rather than a write per sample: the
     # refocus reads these tokens, so each write was an autograd node of every lare step.
