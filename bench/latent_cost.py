@@ -12,8 +12,9 @@
 
 Prints a table and writes bench/results/latent_cost.json. Timings are medians over repeats, the four variants timed
 in turn within each repeat, so load on a shared machine hits them alike and the ratios compare like with like; the
-targets are judged on them. The ratios of each variant's fastest call are written too, with the machine's load
-average at start and end: on a loaded machine they show what the code costs when it gets a core.
+targets are judged on them. The same ratios from the thread's CPU time and from each variant's fastest call are
+written too, with the machine's load average at start and end: on a loaded machine they show what the code costs
+when it gets a core.
 
     python bench/latent_cost.py [--ks 4 8] [--batch 8] [--repeats 15] [--backbone tiny-qwen2.5-vl]
 """
@@ -59,18 +60,22 @@ def make_records(n: int, image_size: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def interleaved_times(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds of each call of each function, timed alternately so load on a shared machine hits all alike."""
+def interleaved_times(fns: dict, repeats: int, warmup: int = 2) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of each call of each function, timed alternately so load on a shared machine hits
+    all alike. CPU time is this thread's (torch runs on it with one thread): it leaves out the time the thread
+    waited for a core, which wall time on a loaded machine is mostly made of."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             fn()
+            cpu[name].append(time.thread_time() - c0)
             times[name].append(time.perf_counter() - t0)
-    return times
+    return times, cpu
 
 
 def config(args, *overrides):
@@ -214,11 +219,12 @@ def main() -> None:
             records = make_records(args.batch, size)
             lare_step, k_lare, lare_phases = train_step("lare", K, records, args)
             cot_step, k_text, cot_phases = train_step("text_cot", K, _fit_reasoning(records, K, args), args)
-            times = interleaved_times({"lare": lare_step, "text_cot": cot_step,
+            times, cpu = interleaved_times({"lare": lare_step, "text_cot": cot_step,
                                        "kv": inference(K, records, args, kv_cache=True),
                                        "naive": inference(K, records, args, kv_cache=False)}, args.repeats)
             t = {name: statistics.median(ts) for name, ts in times.items()}
             best = {name: min(ts) for name, ts in times.items()}  # the least disturbed call, for a loaded machine
+            c = {name: statistics.median(ts) for name, ts in cpu.items()}
             t_lare, t_text, t_kv, t_naive = t["lare"], t["text_cot"], t["kv"], t["naive"]
             per_k[str(K)] = {"train_step_s_lare": t_lare, "train_step_s_textcot": t_text,
                              "reasoning_positions_lare": k_lare, "reasoning_tokens_textcot": k_text,
@@ -226,6 +232,9 @@ def main() -> None:
                              "infer_s_kv": t_kv, "infer_s_naive": t_naive, "infer_speedup_kv_over_naive": t_naive / t_kv,
                              "fastest_call": {"train_step_ratio_lare_over_textcot": best["lare"] / best["text_cot"],
                                               "infer_speedup_kv_over_naive": best["naive"] / best["kv"]},
+                             "cpu_time_median": {"train_step_ratio_lare_over_textcot": c["lare"] / c["text_cot"],
+                                                 "infer_speedup_kv_over_naive": c["naive"] / c["kv"],
+                                                 **{f"{name}_s": v for name, v in c.items()}},
                              "train_step_phases_lare": _phase_medians(lare_phases),
                              "train_step_phases_textcot": _phase_medians(cot_phases),
                              "latent_step_breakdown": {"generate": latent_breakdown(K, records, args, training=False),
