@@ -169,7 +169,7 @@ class DecodeState:
             qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv:]
             if L.qk_norm is not None:  # Qwen3: q_norm and k_norm, per head
                 qk = rms_norm(qk, L.qk_norm, L.qk_eps)
-            qk = qk * cos + qk.roll(hd // 2, -1) * sin
+            qk = rotary(qk, cos, sin)
             with profiled("lare.cache"):
                 k, v = self.cache.update(qk[:, H:], v, L.index)              # [B, Hkv, T, hd]
             if attn_mask is None or H == Hkv:
@@ -186,11 +186,10 @@ class DecodeState:
             o = o.reshape(B, H * hd) if c == 1 else o.transpose(1, 2).reshape(B * c, H * hd)
             x = x + (o @ L.o if L.o_bias is None else torch.addmm(L.o_bias, o, L.o))
             y = rms_norm(x, L.post_norm, L.post_eps)
-            if L.gate_up is None:  # wrapped (activation checkpointing): the module itself
+            if L.gate_up is None:  # wrapped (activation checkpointing), or not SiLU: the module itself
                 y = L.mlp(y)
             else:
-                gate, up = (y @ L.gate_up).chunk(2, -1)
-                y = (L.act(gate) * up) @ L.down
+                y = swiglu(y, L.gate_up, L.down)
             x = x + y
         return rms_norm(x, self.lm.norm.weight, self.lm.norm.variance_epsilon).view(B, c, D)
 
@@ -233,8 +232,7 @@ class _Layer(NamedTuple):
     o: torch.Tensor                   # [H head_dim, D]
     o_bias: torch.Tensor | None       # [D]
     mlp: torch.nn.Module              # run as a module when wrapped (activation checkpointing)
-    act: object
-    gate_up: torch.Tensor | None      # [D, 2 I]; None when the MLP is wrapped
+    gate_up: torch.Tensor | None      # [D, 2 I]; None when the MLP is wrapped or not SiLU-gated
     down: torch.Tensor | None         # [I, D]
 
     @classmethod
@@ -248,15 +246,68 @@ class _Layer(NamedTuple):
         if hasattr(attn, "q_norm"):
             qk_norm = torch.cat([attn.q_norm.weight.expand(H, -1), attn.k_norm.weight.expand(Hkv, -1)])[:, None]
             qk_eps = attn.q_norm.variance_epsilon  # k_norm's too: both are built from rms_norm_eps
-        gate_up = down = act = None
-        if "gate_proj" in mlp._modules and all(m.bias is None for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
-            gate_up, down, act = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t(), mlp.down_proj.weight.t(), mlp.act_fn
+        gate_up = down = None
+        if ("gate_proj" in mlp._modules and cfg.hidden_act == "silu"
+                and all(m.bias is None for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))):
+            gate_up, down = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t(), mlp.down_proj.weight.t()
         norms = layer.input_layernorm, layer.post_attention_layernorm
         return cls(attn.layer_idx, H, Hkv, attn.head_dim, attn.scaling,
                    attn.attention_dropout if attn.training else 0.0,
                    norms[0].weight, norms[0].variance_epsilon, norms[1].weight, norms[1].variance_epsilon,
                    torch.cat([p.weight for p in projections]).t(), qkv_bias, qk_norm, qk_eps,
-                   attn.o_proj.weight.t(), attn.o_proj.bias, mlp, act, gate_up, down)
+                   attn.o_proj.weight.t(), attn.o_proj.bias, mlp, gate_up, down)
+
+
+class Rotary(torch.autograd.Function):
+    """x * cos + roll(x) * signed sin (DecodeState.rotary) in one autograd node instead of four. The backward
+    is what autograd computes for those four (g * cos plus the rolled-back g * sin), so gradients are bitwise
+    the same; cos and sin are constants."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return g * cos + (g * sin).roll(-(g.shape[-1] // 2), -1), None, None
+
+
+class SwiGLU(torch.autograd.Function):
+    """The Qwen MLP, down(silu(gate) * up), from y [N, D] and the transposed weights [D, 2I] (gate | up) and
+    [I, D], in one autograd node instead of five, with the backward autograd computes for them."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        gate, up = (y @ gate_up).chunk(2, -1)
+        act = F.silu(gate)
+        h = act * up
+        ctx.save_for_backward(y, gate_up, down, gate, up, act, h)
+        return h @ down
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        y, gate_up, down, gate, up, act, h = ctx.saved_tensors
+        g_h = g @ down.t()
+        g_gate_up = torch.cat([torch.ops.aten.silu_backward(g_h * up, gate), g_h * act], -1)   # [N, 2I]
+        return g_gate_up @ gate_up.t(), y.t() @ g_gate_up, h.t() @ g
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary of x [..., hd] (cos and signed sin from DecodeState.rotary); one node when autograd records it,
+    plain operations otherwise (an autograd.Function costs more than it saves without a backward)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return Rotary.apply(x, cos, sin)
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+
+
+def swiglu(y: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate) * up) of y [N, D]; one node when autograd records it, plain operations otherwise."""
+    if torch.is_grad_enabled() and (y.requires_grad or gate_up.requires_grad or down.requires_grad):
+        return SwiGLU.apply(y, gate_up, down)
+    gate, up = (y @ gate_up).chunk(2, -1)
+    return (F.silu(gate) * up) @ down
 
 
 class LatentRun(NamedTuple):

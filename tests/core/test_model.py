@@ -149,6 +149,21 @@ def test_rms_norm_function_is_the_qwen_norm_with_its_gradient():
     assert torch.equal(rms_norm(h, norm.weight, norm.variance_epsilon), norm(h))
 
 
+def test_rotary_and_swiglu_functions_have_the_gradients_of_their_operations():
+    from lare.model.sequence import Rotary, SwiGLU, rotary, swiglu
+
+    x = torch.randn(4, 6, 1, 8, dtype=torch.double, requires_grad=True)
+    cos, sin = torch.randn(4, 1, 1, 8, dtype=torch.double), torch.randn(4, 1, 1, 8, dtype=torch.double)
+    assert torch.autograd.gradcheck(lambda a: Rotary.apply(a, cos, sin), (x,))
+    y = torch.randn(5, 8, dtype=torch.double, requires_grad=True)
+    gate_up = torch.randn(8, 12, dtype=torch.double, requires_grad=True)
+    down = torch.randn(6, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(SwiGLU.apply, (y, gate_up, down))
+    with torch.no_grad():  # the plain path gives the same values
+        assert torch.equal(rotary(x, cos, sin), Rotary.apply(x, cos, sin))
+        assert torch.equal(swiglu(y, gate_up, down), SwiGLU.apply(y, gate_up, down))
+
+
 def test_curriculum_replaces_exactly_the_first_steps(records):
     model, cfg = build("tiny-qwen2.5-vl", "lare", "method.latents_per_step=2", "method.latent_steps=5")
     p = model.processor
