@@ -202,7 +202,7 @@ class LaReModel(nn.Module):
         h, lm_attention = prompt.hidden[:, -1], prompt.attention
         n_prompt = None if lm_attention is None else lm_attention.shape[1]
         active = slot_mask[:, 0].clone()
-        cos, sin = prompt.state.rotary(positions, h)  # [B, K, head_dim]: every slot's rotary, before the loop
+        cos, sin = prompt.state.rotary(positions, h)  # [B, K, 1, head_dim]: every slot's rotary, before the loop
         # Every sample runs every slot (generation without a stop head, the last curriculum stage): the masking
         # below would select everything, so it is left out (two operations and their backward nodes per step).
         every = not (adaptive and self.stop is not None) and bool(slot_mask.all())

@@ -136,8 +136,9 @@ class DecodeState:
         return Decoded(hidden, attention)
 
     def _text_positions(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x [B, c, D] (text, after a non-empty cache) -> last-layer hidden states [B, c, D], appending their keys
-        and values to the cache.
+        """x [B, c, D] (after a non-empty cache, with no deepstack rows: text, or a Qwen2.5 crop's image tokens,
+        which the text model treats alike) -> last-layer hidden states [B, c, D], appending their keys and values
+        to the cache.
 
         The same operations as the layers' forward, in the same order (the result is bitwise the model's), with
         fewer of them, which is what a step costs at these sizes, in forward and again in backward: positions
