@@ -5,17 +5,59 @@ H refocus heads, R = refocus width (H * head dim).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.profiler import record_function
+
+
+def profiled(name: str):
+    """A torch.profiler range (bench/latent_cost.py splits a latent step by them), entered only while a profiler
+    runs: record_function costs about 6 us even when none does, a few percent of a latent step at the tiny presets."""
+    return record_function(name) if torch.autograd._profiler_enabled() else contextlib.nullcontext()
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """w * x / rms(x) over the last dim, as the Qwen RMSNorm modules compute it (the same operations in the same
+    order: the output is bitwise theirs), with one backward node instead of their six. The latent loop normalises
+    five times per step, and at the tiny presets each node's overhead outweighs its arithmetic.
+    x [..., d] float32; w [d] or any shape that broadcasts to x's (per-head weights)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        n = x * r
+        ctx.save_for_backward(n, r, w)
+        return w * n
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        n, r, w = ctx.saved_tensors
+        gn = g * w
+        gx = r * (gn - n * (gn * n).mean(-1, keepdim=True))
+        gw = (g * n).sum_to_size(w.shape) if ctx.needs_input_grad[1] else None
+        return gx, gw, None
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The Qwen RMSNorm forward (in float32, scaled after the cast back): through RMSNormFunction when autograd
+    records it, else as plain operations (an autograd.Function costs more than it saves without a backward)."""
+    if x.dtype == torch.float32 and torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return RMSNormFunction.apply(x, w, eps)
+    xf = x.float()
+    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class RefocusKV(NamedTuple):
-    keys: torch.Tensor    # [B, P, H, head_dim]
-    values: torch.Tensor  # [B, P, H, head_dim]
+    """Laid out once per forward for the per-step products: one bmm each over the B * H (sample, head) pairs, with
+    no einsum permutes or matmul broadcasting (each a copy or view forward and a node backward, at every step)."""
+
+    keys: torch.Tensor    # [B * H, head_dim, P]
+    values: torch.Tensor  # [B * H, P, head_dim]
 
 
 class Refocus(nn.Module):
@@ -63,11 +105,14 @@ class Refocus(nn.Module):
         normed = self.kv_norm(V)
         k = (self.k(normed) + self.k_pos(pos)).view(B, P, self.heads, self.head_dim)
         v = (self.v(normed) + self.v_pos(pos)).view(B, P, self.heads, self.head_dim)
-        return RefocusKV(k, v)
+        return RefocusKV(k.permute(0, 2, 3, 1).reshape(B * self.heads, self.head_dim, P),
+                         v.transpose(1, 2).reshape(B * self.heads, P, self.head_dim))
 
     def scores(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        q = self.q(h).view(h.shape[0], self.heads, self.head_dim)
-        return torch.einsum("bhd,bphd->bhp", q, k) / math.sqrt(self.head_dim)
+        """h [B, D], k [B * H, head_dim, P] -> [B, H, P]."""
+        B = h.shape[0]
+        q = self.q(h).view(B * self.heads, 1, self.head_dim)
+        return torch.bmm(q, k).view(B, self.heads, -1) / math.sqrt(self.head_dim)
 
     @staticmethod
     def weights(scores: torch.Tensor, vmask: torch.Tensor, top_k: int = 0) -> torch.Tensor:
@@ -80,7 +125,10 @@ class Refocus(nn.Module):
         return scores.softmax(-1)
 
     def read(self, weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.out_norm(torch.einsum("bhp,bphd->bhd", weights, v).reshape(v.shape[0], -1))
+        """weights [B, H, P], v [B * H, P, head_dim] -> r_t [B, R]."""
+        B, H, P = weights.shape
+        r = torch.bmm(weights.reshape(B * H, 1, P), v).view(B, -1)
+        return rms_norm(r, self.out_norm.weight, self.out_norm.eps or torch.finfo(r.dtype).eps)  # = self.out_norm(r)
 
 
 POSITION_BANDS = 4

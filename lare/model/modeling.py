@@ -33,7 +33,7 @@ from lare.batch import Batch
 from lare.config import LATENT_PARADIGMS, PARADIGMS, Config, ModelConfig
 from lare.model.answer import Answer, answer
 from lare.model.generate import generate
-from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus
+from lare.model.heads import GatedFusion, PixelDecoder, ReconDecoder, Refocus, profiled
 from lare.model.losses import compute_loss
 from lare.model.sequence import LatentRun, Prompt, VisualContext
 from lare.processor import LaReProcessor
@@ -202,15 +202,21 @@ class LaReModel(nn.Module):
         h, lm_attention = prompt.hidden[:, -1], prompt.attention
         n_prompt = None if lm_attention is None else lm_attention.shape[1]
         active = slot_mask[:, 0].clone()
+        cos, sin = prompt.state.rotary(positions, h)  # [B, K, 1, head_dim]: every slot's rotary, before the loop
+        # Every sample runs every slot (generation without a stop head, the last curriculum stage): the masking
+        # below would select everything, so it is left out (two operations and their backward nodes per step).
+        every = not (adaptive and self.stop is not None) and bool(slot_mask.all())
         zs, maps, slot_hidden, ran = [], [], [], []
         for t in range(slot_mask.shape[1]):
             active = active & slot_mask[:, t]
-            z, refocus_map = self.latent_input(h, prompt.visual, lm_attention, ablation)
-            z = torch.where(active[:, None], z, torch.zeros_like(z))
+            with profiled("lare.refocus"):
+                z, refocus_map = self.latent_input(h, prompt.visual, lm_attention, ablation)
+            if not every:
+                z = torch.where(active[:, None], z, torch.zeros_like(z))
             out = prompt.state.append(z[:, None], positions[:, :, t:t + 1], active[:, None].long(),
-                                      want_attn=self.reads_lm_attention)
+                                      want_attn=self.reads_lm_attention, rope=(cos[:, t:t + 1], sin[:, t:t + 1]))
             h_slot = out.hidden[:, -1]
-            h = torch.where(active[:, None], h_slot, h)
+            h = h_slot if every else torch.where(active[:, None], h_slot, h)
             if out.attention is not None:  # the refocus reads the prompt's columns only
                 lm_attention = torch.where(active[:, None], out.attention[:, :n_prompt], lm_attention)
             zs.append(z)

@@ -98,6 +98,72 @@ def test_kv_cached_latent_loop_equals_naive_reforward(backbone, paradigm, refocu
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_text_positions_path_is_the_language_models_forward(backbone, records):
+    """The decode state's own path for text appended to the cache (every latent step, every decoded token, the
+    training suffix) against the language model's forward on the same cache: hidden states bitwise equal,
+    gradients to fp32 rounding (the fused projections sum in another order). One position and a chunk of three;
+    padded rows (different image sizes) and the unpadded case."""
+    from lare.model.sequence import Prompt
+
+    model, cfg = build(backbone, "lare")
+    for recs in (records, [records[0]] * 2):
+        batch = build_batch(examples(recs), model.processor, cfg, prompt_only=True)
+        chunks = (1, 1, 3)
+        z = torch.randn(batch.size, sum(chunks), model.text_config.hidden_size)
+        # a random read-out: a loss on the hidden states' norm would have a gradient of zero through the final
+        # RMSNorm, and both paths would only compare their rounding noise
+        readout = torch.randn_like(z)
+        runs = []
+        for fast in (True, False):
+            model.zero_grad(set_to_none=True)
+            prompt = Prompt(model.vlm, model.processor.image_token_id, batch, batch.input_ids.shape[1])
+            assert prompt.state.step_alone
+            prompt.state.step_alone = fast
+            start, hidden = int(prompt.positions.max()) + 1, []
+            for c in chunks:
+                t = sum(h.shape[1] for h in hidden)
+                positions = (start + t + torch.arange(c))[None, None].expand(3, batch.size, c)
+                hidden.append(prompt.state.append(z[:, t:t + c], positions,
+                                                  torch.ones(batch.size, c, dtype=torch.long)).hidden)
+            (torch.cat(hidden, 1) * readout).sum().backward()
+            runs.append((hidden, {n: p.grad.clone() for n, p in model.vlm.named_parameters() if p.grad is not None}))
+        (fast_h, fast_g), (ref_h, ref_g) = runs
+        assert all(torch.equal(a, b) for a, b in zip(fast_h, ref_h))
+        assert fast_g.keys() == ref_g.keys()
+        for name in ref_g:
+            scale = float(ref_g[name].abs().max())
+            torch.testing.assert_close(fast_g[name], ref_g[name], atol=1e-5 * scale, rtol=1e-5, msg=name)
+
+
+def test_rms_norm_function_is_the_qwen_norm_with_its_gradient():
+    from lare.model.heads import RMSNormFunction, rms_norm
+
+    x = torch.randn(5, 3, 16, dtype=torch.double, requires_grad=True)
+    for w in (torch.randn(16, dtype=torch.double, requires_grad=True),
+              torch.randn(3, 16, dtype=torch.double, requires_grad=True)):  # one weight, per-head weights
+        assert torch.autograd.gradcheck(lambda a, b: RMSNormFunction.apply(a, b, 1e-6), (x, w))
+    model, _ = build("tiny-qwen3-vl", "lare")
+    norm = model.vlm.model.language_model.norm
+    h = torch.randn(4, 7, norm.weight.shape[0])
+    assert torch.equal(rms_norm(h, norm.weight, norm.variance_epsilon), norm(h))
+
+
+def test_rotary_and_swiglu_functions_have_the_gradients_of_their_operations():
+    from lare.model.sequence import Rotary, SwiGLU, rotary, swiglu
+
+    x = torch.randn(4, 6, 1, 8, dtype=torch.double, requires_grad=True)
+    cos, sin = torch.randn(4, 1, 1, 8, dtype=torch.double), torch.randn(4, 1, 1, 8, dtype=torch.double)
+    assert torch.autograd.gradcheck(lambda a: Rotary.apply(a, cos, sin), (x,))
+    y = torch.randn(5, 8, dtype=torch.double, requires_grad=True)
+    gate_up = torch.randn(8, 12, dtype=torch.double, requires_grad=True)
+    down = torch.randn(6, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(SwiGLU.apply, (y, gate_up, down))
+    with torch.no_grad():  # the plain path gives the same values
+        assert torch.equal(rotary(x, cos, sin), Rotary.apply(x, cos, sin))
+        assert torch.equal(swiglu(y, gate_up, down), SwiGLU.apply(y, gate_up, down))
+
+
 def test_curriculum_replaces_exactly_the_first_steps(records):
     model, cfg = build("tiny-qwen2.5-vl", "lare", "method.latents_per_step=2", "method.latent_steps=5")
     p = model.processor
