@@ -103,7 +103,10 @@ class DecodeState:
         """embeds [B, c, D], positions [3, B, c], mask [B, c]; visual_mask [B, c] with deepstack rows for its
         True entries. `rope`: this chunk's cos and sin (DecodeState.rotary) when already computed."""
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], 1)
-        if self.step_alone and visual_mask is None and not want_attn and self.cache.get_seq_length() > 0:
+        # Not under autocast: its casts would reach the custom backward of Rotary/SwiGLU in other dtypes than
+        # their forward saw (bf16 gradients against fp32 weights); the model's forward handles autocast itself.
+        if (self.step_alone and visual_mask is None and not want_attn and self.cache.get_seq_length() > 0
+                and not torch.is_autocast_enabled(embeds.device.type)):
             with profiled("lare.decoder"):
                 hidden = self._text_positions(embeds, rope if rope is not None else self.rotary(positions, embeds))
             return Decoded(hidden, None)

@@ -160,3 +160,25 @@ def test_a_mesh_that_cannot_be_is_a_config_error(overrides, message):
         load_config(None, overrides)
     except ConfigError as e:
         assert message in str(e)
+
+
+def test_ddp_mixed_precision_trains_under_autocast():
+    # ddp's bf16 is torch.autocast over fp32 weights (fsdp's is FSDP2's param dtype): the model's own fast paths
+    # must train under it, not only infer (custom autograd functions see other dtypes in backward than forward).
+    from lare.batch import build_batch, example_from_record
+    from lare.sizing import Layout
+    from lare.train.parallel import autocast, build_model
+
+    cfg = tiny_config("tiny-qwen2.5-vl", "lare", "method.latent_steps=2", "data.max_steps=2", "train.mixed_precision=bf16")
+    layout = Layout("ddp", (1, 1), "test")
+    torch.manual_seed(0)
+    model = build_model(cfg, 0, 1, torch.device("cpu"), layout)
+    batch = build_batch([example_from_record(r, 2) for r in _records(0)], model.processor, cfg)
+    fp32 = model(batch).loss.item()
+    with autocast(cfg, layout, torch.device("cpu")):
+        out = model(batch)
+    out.loss.backward()
+    assert abs(out.loss.item() - fp32) < 0.02 * fp32
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads if g is not None)
+    assert sum(g is not None for g in grads) > 0.9 * len(grads)
