@@ -122,8 +122,7 @@ def measure(paradigm: str, args, rank: int, world: int, device: torch.device) ->
                            model.processor, cfg, stage=None, fixed_slots=True).to(device) for i in range(4)]
     tokens_per_batch = [int(b.attention_mask.sum()) for b in batches]
     merge = model.vlm.config.vision_config.spatial_merge_size
-    patches = int(batches[0].image_grid_thw.prod(-1).sum()) // args.batch if hasattr(batches[0], "image_grid_thw") \
-        else (side // model.vlm.config.vision_config.patch_size) ** 2
+    patches = int(batches[0].image_grid_thw.prod(-1).sum()) // args.batch
     seq = batches[0].input_ids.shape[1]
     flops_per_step = args.batch * model_flops_per_sample(model, seq, patches)
 

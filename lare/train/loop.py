@@ -150,9 +150,10 @@ def _groups(items, size: int):
         yield group
 
 
-def train_step(model, optimizer, micro_batches: list, cfg: Config, device, reporter: Reporter, compute=None) -> None:
+def train_step(model, optimizer, micro_batches: list, cfg: Config, device, reporter: Reporter,
+               compute=contextlib.nullcontext()) -> None:
     """One optimizer step over the micro-batches of one global batch (gradients reduced once, at the last).
-    `compute`: the forward's context (parallel.autocast); none = the stored dtype."""
+    `compute`: the forward's context (parallel.autocast); by default the stored dtype."""
     for j, batch in enumerate(micro_batches):
         if hasattr(model, "set_requires_gradient_sync"):  # ddp, FSDP2: all-reduce / reduce-scatter once per step
             model.set_requires_gradient_sync(j == len(micro_batches) - 1)
@@ -160,7 +161,7 @@ def train_step(model, optimizer, micro_batches: list, cfg: Config, device, repor
             (sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0).backward()
             continue
         batch = batch.to(device)
-        with compute or contextlib.nullcontext(), record_function("lare.forward"):
+        with compute, record_function("lare.forward"):
             out = model(batch)
         with record_function("lare.backward"):  # the ranges name the step's parts in a torch.profiler trace
             (out.loss / len(micro_batches)).backward()

@@ -26,7 +26,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from lare.config import Config
 from lare.model import LaReModel
-from lare.sizing import GIB, Layout, choose_layout, dry_run
+from lare.sizing import GIB, Layout, dry_run
 
 log = logging.getLogger("lare.train")
 
@@ -51,8 +51,8 @@ def choose(cfg: Config, world: int, local_world: int, device: torch.device) -> L
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         memory, per_node = t[0].item(), int(t[1].item()) if int(t[1].item()) == -int(t[2].item()) else world
     sized = replace(cfg, train=replace(cfg.train, num_workers=world))
-    ddp_gib = dry_run(sized, workers_per_node=per_node, device_memory_gib=memory / GIB)["layouts"]["ddp"]["memory_gib"]["total"]
-    return choose_layout(sized, world, per_node, ddp_gib * GIB, memory)
+    chosen = dry_run(sized, workers_per_node=per_node, device_memory_gib=memory / GIB)["layout"]  # sizing.choose_layout
+    return Layout(chosen["kind"], tuple(chosen["mesh"]), chosen["why"])
 
 
 def compute_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:

@@ -20,7 +20,7 @@ from lare.train.parallel import reshard
 
 @torch.no_grad()
 def validate(model, examples: list[Example], cfg: Config, rank: int, world: int, device,
-             compute=None) -> tuple[dict, list[dict]]:
+             compute=contextlib.nullcontext()) -> tuple[dict, list[dict]]:
     """({val_accuracy (0-100), val_mean_tokens, val_n}, this rank's rows for the validation table); `compute`:
     the forward's context, as in training (parallel.autocast)."""
     was_training = model.training
@@ -36,7 +36,7 @@ def validate(model, examples: list[Example], cfg: Config, rank: int, world: int,
         if not chunk:  # this rank ran out: a stand-in keeps the ranks' forwards in step, not counted
             chunk = examples[:1]
         batch = build_batch(chunk, model.processor, cfg, prompt_only=True).to(device)
-        with compute or contextlib.nullcontext():
+        with compute:
             gen = model(batch, mode="generate")
         for ex, answer, text, account in list(zip(chunk, gen.answers, gen.texts, gen.tokens))[:real]:
             ok = answers_match(answer, ex.answer)
@@ -58,7 +58,8 @@ def validate(model, examples: list[Example], cfg: Config, rank: int, world: int,
 class Validation:
     """Validation during a run: the latest metrics, and rank 0's rows (the run's validation table)."""
 
-    def __init__(self, examples: list[Example], cfg: Config, rank: int, world: int, device, compute=None):
+    def __init__(self, examples: list[Example], cfg: Config, rank: int, world: int, device,
+                 compute=contextlib.nullcontext()):
         self.examples, self.cfg, self.rank, self.world, self.device = examples, cfg, rank, world, device
         self.compute = compute
         self.metrics: dict = {}
