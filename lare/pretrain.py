@@ -1,7 +1,9 @@
 """Pretraining the tiny backbone so that it sees: stage A of jobs/pretrain.py.
 
 Stage A teaches the vision tower what is where, with dense labels from the scene generator: for every merged
-visual token, the shape and the colour of the object that covers most of the token's cell (or background). The
+visual token, the shape and the colour of the object that covers most of the token's cell (or background), and the
+token's own row and column (so that where a token sits stays readable in what the language model receives: the
+grounding of stage B and the boxes text_cot writes and crop predicts are read from it). The
 scenes are drawn fresh at every step from (seed, step, index), so a resumed run sees the same data and no data
 set is stored. Stage B (grounding of the whole model) is a plain run of the training job on the `grounding`
 family of the refocus source; see jobs/pretrain.py.
@@ -27,6 +29,8 @@ BACKGROUND_SHAPE, BACKGROUND_COLOUR = len(SHAPES), len(COLOUR_NAMES)
 # A token is labelled with an object when the object puts at least this share of its own pixels in the token's
 # cell (an object of <= 28 px spans at most 2 x 2 cells of 32 px, so its main cell always qualifies).
 MIN_OBJECT_SHARE = 0.25
+MAX_GRID = 16  # position heads: rows and columns of up to a 16 x 16 merged-token grid (the tower's position table)
+POSITION_WEIGHT = 0.5  # position is easy (the tower adds absolute embeddings); it must not crowd out shape
 
 
 @dataclass
@@ -37,6 +41,7 @@ class StageA:
     warmup_steps: int = 100
     hard_fraction: float = 0.3   # scenes drawn like the hard split (12-18 objects of 8-18 px)
     seed: int = 0
+    init_from: str = ""          # a backbone folder (e.g. an earlier bundle) whose tower and probe heads start here
     log_every: int = 50
     checkpoint_every: int = 500
 
@@ -84,16 +89,25 @@ def token_labels(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 class VisionProbe(nn.Module):
-    """Linear read-outs of shape and colour from each merged visual token: the dense training heads of stage A,
-    and afterwards the probe that measures what a (frozen) vision tower knows."""
+    """Linear read-outs of shape, colour, row and column from each merged visual token: the dense training heads
+    of stage A, and afterwards the probe that measures what a (frozen) vision tower knows."""
 
     def __init__(self, width: int):
         super().__init__()
         self.shape = nn.Linear(width, len(SHAPES) + 1)
         self.colour = nn.Linear(width, len(COLOUR_NAMES) + 1)
+        self.row = nn.Linear(width, MAX_GRID)
+        self.col = nn.Linear(width, MAX_GRID)
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.shape(tokens), self.colour(tokens)
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """tokens [B, G*G, D] -> logits of shape, colour, row, column, each [B, G*G, classes]."""
+        return self.shape(tokens), self.colour(tokens), self.row(tokens), self.col(tokens)
+
+
+def grid_positions(grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row [G*G], column [G*G]) of the merged tokens in row-major order."""
+    index = torch.arange(grid * grid)
+    return index // grid, index % grid
 
 
 def scene_batch(processor, seed: int, step: int, batch_size: int, hard_fraction: float, grid: int):
@@ -123,10 +137,14 @@ def grid_of(grid_thw: torch.Tensor, merge: int = 2) -> int:
 
 def stage_a_loss(vlm, probe: VisionProbe, pixel_values, grid_thw, shape, colour):
     tokens = visual_tokens(vlm, pixel_values, grid_thw)
-    shape_logits, colour_logits = probe(tokens)
+    shape_logits, colour_logits, row_logits, col_logits = probe(tokens)
+    row, col = (p.expand(len(tokens), -1) for p in grid_positions(grid_of(grid_thw)))
     loss_shape = F.cross_entropy(shape_logits.flatten(0, 1), shape.flatten())
     loss_colour = F.cross_entropy(colour_logits.flatten(0, 1), colour.flatten())
-    return loss_shape + loss_colour, {"shape_ce": loss_shape.item(), "colour_ce": loss_colour.item()}
+    loss_position = 0.5 * (F.cross_entropy(row_logits.flatten(0, 1), row.flatten())
+                           + F.cross_entropy(col_logits.flatten(0, 1), col.flatten()))
+    loss = loss_shape + loss_colour + POSITION_WEIGHT * loss_position
+    return loss, {"shape_ce": loss_shape.item(), "colour_ce": loss_colour.item(), "position_ce": loss_position.item()}
 
 
 @torch.no_grad()
@@ -135,16 +153,18 @@ def probe_accuracy(vlm, probe: VisionProbe, processor, *, seed: int, scenes: int
     """Per-object shape and colour accuracy at each object's main token, on held-out scenes (a seed stage A never
     trains on), and per-token accuracy including background."""
     vlm.eval()
-    right = {"shape": 0, "colour": 0, "token_shape": 0}
+    right = {"shape": 0, "colour": 0, "token_shape": 0, "position": 0}
     objects = tokens_seen = 0
     grid = None
     for step in range(math.ceil(scenes / batch_size)):
         px, thw, shape, colour, mains, _ = scene_batch(processor, seed, step, batch_size, hard_fraction, grid or 7)
         if grid is None:
             grid = grid_of(thw)
-        logits_shape, logits_colour = probe(visual_tokens(vlm, px, thw))
+        logits_shape, logits_colour, logits_row, logits_col = probe(visual_tokens(vlm, px, thw))
         pred_shape, pred_colour = logits_shape.argmax(-1), logits_colour.argmax(-1)
+        row, col = grid_positions(grid)
         right["token_shape"] += int((pred_shape == shape).sum())
+        right["position"] += int(((logits_row.argmax(-1) == row) & (logits_col.argmax(-1) == col)).sum())
         tokens_seen += shape.numel()
         for b, main in enumerate(mains):
             main = main[main >= 0]  # objects that own a token (a few are covered by a larger neighbour's cells)
@@ -153,7 +173,8 @@ def probe_accuracy(vlm, probe: VisionProbe, processor, *, seed: int, scenes: int
             objects += len(main)
     vlm.train()
     return {"probe_shape_acc": right["shape"] / objects, "probe_colour_acc": right["colour"] / objects,
-            "probe_token_shape_acc": right["token_shape"] / tokens_seen, "probe_objects": objects}
+            "probe_token_shape_acc": right["token_shape"] / tokens_seen,
+            "probe_token_position_acc": right["position"] / tokens_seen, "probe_objects": objects}
 
 
 def learning_rate(cfg: StageA, step: int) -> float:
@@ -172,7 +193,8 @@ def run_stage_a(vlm, processor, cfg: StageA, *, start_step: int = 0, probe: Visi
     params = list(visual.parameters()) + list(probe.parameters())
     optimizer = optimizer or torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     grid = None
-    t0, window = time.perf_counter(), {"shape_ce": 0.0, "colour_ce": 0.0, "n": 0}
+    fresh = lambda: {"shape_ce": 0.0, "colour_ce": 0.0, "position_ce": 0.0, "n": 0}  # noqa: E731
+    t0, window = time.perf_counter(), fresh()
     for step in range(start_step, cfg.steps):
         px, thw, shape, colour, _, _ = scene_batch(processor, cfg.seed, step, cfg.batch_size, cfg.hard_fraction, grid or 7)
         if grid is None:
@@ -193,7 +215,7 @@ def run_stage_a(vlm, processor, cfg: StageA, *, start_step: int = 0, probe: Visi
             metrics = {k: v / n for k, v in window.items()}
             metrics.update(lr=learning_rate(cfg, step), scenes_per_s=n * cfg.batch_size / (time.perf_counter() - t0))
             on_log(done, metrics)
-            t0, window = time.perf_counter(), {"shape_ce": 0.0, "colour_ce": 0.0, "n": 0}
+            t0, window = time.perf_counter(), fresh()
         if on_checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             on_checkpoint(done, probe, optimizer)
     return probe
@@ -233,6 +255,24 @@ def load_stage_a(path, vlm, probe: VisionProbe, optimizer=None) -> int:
     return json.loads((path / "position.json").read_text())["step"]
 
 
+def warm_start(vlm, probe: VisionProbe, folder) -> None:
+    """A warm restart from an earlier stage A: the vision tower of the backbone in `folder` and the probe heads it
+    has (an older probe may lack the position heads). The language model and the tokenizer stay the preset's."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights = {}
+    for f in sorted(folder.glob("model*.safetensors")):
+        weights.update(load_file(f))
+    tower = {k.split("visual.", 1)[1]: v for k, v in weights.items() if ".visual." in f".{k}"}
+    vlm.model.visual.load_state_dict(tower)  # strict: the same tower architecture, or an error that says what differs
+    if (folder / "probe.safetensors").is_file():
+        heads = load_file(folder / "probe.safetensors")
+        probe.load_state_dict({k[len("probe."):]: v for k, v in heads.items() if k.startswith("probe.")}, strict=False)
+
+
 def stage_a_per_worker(loop_config: dict) -> None:
     """Ray Train worker: build the tiny backbone, run (or resume) stage A, save the backbone with a trained tower."""
     import dataclasses
@@ -251,6 +291,8 @@ def stage_a_per_worker(loop_config: dict) -> None:
     torch.manual_seed(stage.seed)
     vlm, processor = load_backbone(cfg.model)
     probe = VisionProbe(vlm.config.vision_config.out_hidden_size)
+    if stage.init_from:
+        warm_start(vlm, probe, Path(stage.init_from))
     optimizer = torch.optim.AdamW(list(vlm.model.visual.parameters()) + list(probe.parameters()), lr=stage.lr,
                                   betas=(0.9, 0.95), weight_decay=0.0)
     start = 0
@@ -374,23 +416,35 @@ def model_card(summary: dict) -> str:
     iou = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
     what = ("stage A only: the vision tower is pretrained, the language model keeps its random initialisation"
             if stage == "a" else "both stages")
+    r = a.get("restart_of") or {}
+    earlier = (f"| A, earlier (from random weights; shape probe {pct(r.get('probes', r).get('probe_shape_acc'))}) | vision "
+               f"tower + linear probe, dense per-token shape and colour labels, batch {r.get('batch_size')} | "
+               f"{r.get('steps')} | {r.get('wall_s')} s |\n") if r else ""
+    stage_b_row = (f"| B | language model (vision tower fixed), paradigm `direct` on the `grounding` family "
+                   f"({b.get('rows')} rows; `{b.get('config')}`) | {b.get('steps')} | {b.get('wall_s')} s |"
+                   if b else "| B | not run for this copy | - | - |")
+    commands = [*r.get("commands", []), *summary.get("commands", [])]
+    why_a = "" if stage == "b" else (
+        " Stage B ran and did not teach the language model grounding at its budget, so it is not in this copy; its "
+        "numbers are below, as measured (chance for \"What is at <box>?\" is 1 in 48 colour-shape pairs, 2.1 %)."
+        if b else " Stage B has not been run on this copy's vision tower.")
     return f"""# tiny-qwen3-vl-pretrained
 
 The bundled tiny backbone of LaRe: the `tiny-qwen3-vl` preset (Qwen3VLForConditionalGeneration, LM 2 layers x 64,
-head dim 32, interleaved M-RoPE theta 50; vision tower 2 blocks x 64 with absolute positions; tokenizer trained
-offline) pretrained on generated scenes by `jobs/pretrain.py`, so that the paradigm comparison starts from a model
+head dim 32, interleaved M-RoPE theta 50; vision tower 2 blocks x 64 with absolute positions; byte-level BPE
+tokenizer trained offline on the generator's text, digits one by one as Qwen's) pretrained on generated scenes by `jobs/pretrain.py`, so that the paradigm comparison starts from a model
 that sees. Nothing here was downloaded. Load it with `model.backbone=tiny-qwen3-vl-pretrained`.
 
-**This copy holds {what}.**{'' if stage == 'b' else ' Stage B did not teach the language model grounding at this budget, so it is not in this copy; its numbers are below, as measured (chance for "What is at <box>?" is 1 in 48 colour-shape pairs, 2.1 %). An earlier stage B that trained the whole model, vision tower included, also moved the vision features away from what stage A made linearly readable (shape probe 79 % -> 18 %); stage B now keeps the tower fixed (train.freeze_vision).'}
+**This copy holds {what}.**{why_a}
 
 Reproduce: `python jobs/pretrain.py --bundle --bundle-from {stage}` (data seed {summary.get('seed', 0)}; probes on
-scenes of seed + 1000, never trained on). This copy was built by: {'; '.join(f'`{c}`' for c in summary.get('commands', []))}.
+scenes of seed + 1000, never trained on). This copy was built by: {'; '.join(f'`{c}`' for c in commands)}.
 Wall times were measured on a shared 2-core CPU machine (other jobs were running).
 
 | stage | what | steps | wall time |
 |---|---|---|---|
-| A | vision tower + linear probe, dense per-token shape and colour labels, batch {a.get('batch_size')} | {a.get('steps')} | {a.get('wall_s')} s |
-| B | language model (vision tower fixed), paradigm `direct` on the `grounding` family ({b.get('rows')} rows; `{b.get('config')}`) | {b.get('steps')} | {b.get('wall_s')} s |
+{earlier}| A | vision tower + linear probe, dense per-token shape, colour, row and column labels, batch {a.get('batch_size')}, lr {a.get('lr', 2e-3):g}{', warm restart from the row above' if r else ''} | {a.get('steps')} | {a.get('wall_s')} s |
+{stage_b_row}
 
 Probes on held-out scenes (70 % like the train split, 30 % like the hard split; per object at its main token):
 
@@ -399,6 +453,7 @@ Probes on held-out scenes (70 % like the train split, 30 % like the hard split; 
 | per-object shape accuracy (stage A's linear probe) | {pct(pa.get('probe_shape_acc'))} | {pct(pb.get('probe_shape_acc'))} |
 | per-object colour accuracy | {pct(pa.get('probe_colour_acc'))} | {pct(pb.get('probe_colour_acc'))} |
 | per-token shape accuracy, background included | {pct(pa.get('probe_token_shape_acc'))} | {pct(pb.get('probe_token_shape_acc'))} |
+| per-token row and column both right | {pct(pa.get('probe_token_position_acc'))} | {pct(pb.get('probe_token_position_acc'))} |
 | "What is at <box>?" answer accuracy | - | {pct(pb.get('grounding_what_is_at_acc'))} |
 | "Where is the ...?" mean box IoU | - | {iou(pb.get('grounding_where_is_mean_iou'))} |
 | "Where is the ...?" IoU >= 0.5 | - | {pct(pb.get('grounding_where_is_iou50'))} |

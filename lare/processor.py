@@ -68,24 +68,21 @@ def parse_box(text: str) -> list[float] | None:
 
 
 def _tokenizer_corpus() -> list[str]:
-    """Trace-like text: the words, numbers and formats that questions, steps and answers use."""
+    """The text of generated refocus traces (every family, grounding included: questions, options, steps, answers)
+    plus the words and formats other sources use. The generator is imported here only: it is where the text is."""
+    from pipelines.sources.refocus import ALL_FAMILIES, PRETRAIN_FAMILIES, generate
+
     colours = "red green blue yellow purple orange cyan white black gray brown pink".split()
     shapes = "circle square triangle star diamond hexagon rectangle shape shapes object objects".split()
-    places = ["top-left", "top-right", "bottom-left", "bottom-right", "left", "right", "above", "below",
-              "quarter", "half", "corner", "center", "middle", "top", "bottom", "directly", "next to"]
     words = ("what which how many is are there the a an of in on at to it its this that colour color "
              "larger smaller bigger than same as find look locate count compare answer question image "
              "picture region yes no there step first then so and or not any other option options "
-             "does do has have with near between from").split()
-    lines = []
-    for c, s in itertools.product(colours, shapes):
-        lines += [f"What colour is the {s}?", f"Find the {c} {s}.", f"Is there a {c} {s} in the image?",
-                  f"What shape is directly right of the {c} {s}?", f"Look directly left of it: a {c} {s}."]
-    for p, c in itertools.product(places, colours):
-        lines += [f"How many {c} shapes are in the {p} quarter?", f"Count the {c} shapes in the {p} region."]
-    lines += [" ".join(words), " ".join(places), "A. B. C. D. Options:", "Answer: yes", "Answer: no"]
-    lines += [f"Answer: {n}" for n in range(20)] + [format_box([i / 97, j / 89, 0.9, 0.95]) for i in range(40) for j in range(3)]
-    lines += [str(n) for n in range(1001)]
+             "does do has have with near between from where list").split()
+    lines = [" ".join(words), " ".join(colours), " ".join(shapes), "A. B. C. D. Options:", "Answer: yes", "Answer: no"]
+    for i in range(3000):
+        t = generate("train", i, seed=4242, families=ALL_FAMILIES + PRETRAIN_FAMILIES, render_image=False)
+        lines += [t["question"], f"Answer: {t['answer']}", *t["choices"], *(step["text"] for step in t["steps"])]
+    lines += [format_box([i / 97, j / 89, 0.9, 0.95]) for i in range(40) for j in range(3)]
     return lines
 
 
@@ -100,7 +97,11 @@ def train_tiny_tokenizer(vocab_size: int = 1024) -> Tokenizer:
     committed result, `lare/assets/tiny_tokenizer.json`; `python -m lare.processor` re-creates it.
     """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits one by one, as Qwen's own pre-tokenizer splits them (`\p{N}`): a box's 0..1000 coordinates are then
+    # written and read digit by digit with ten embeddings, the same way for every number (a BPE over whole
+    # numbers had "120" as one token and "200" as "20" + "0").
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=QWEN_SPECIALS, show_progress=False,

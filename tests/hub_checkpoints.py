@@ -31,9 +31,10 @@ What is shrunk (a 2-layer model at full width is still ~0.5 B parameters, most o
 - Widths divided by 8 at the published head dims: Qwen2.5-VL text 2048 -> 256 (2 heads, 1 KV head), MLP 11008 ->
   1376, vision 1280 -> 160 (2 heads), MLP 3420 -> 428; Qwen3-VL text 2560 -> 320 (4 heads of 128, 1 KV head), MLP
   9728 -> 1216, vision 1024 -> 128 (2 heads), MLP 4096 -> 512. out_hidden_size follows the text width.
-- The vocabulary: the project's tiny byte-level BPE (lare/assets/tiny_tokenizer.json, 1015 regular tokens) instead of
-  Qwen's 151643, the specials after it, and `vocab_size` padded to a multiple of 128 with spare rows, as 151936 is
-  (LaRe's three added tokens then fit without resizing the embeddings, as on the real checkpoints).
+- The vocabulary: the project's tiny byte-level BPE (lare/assets/tiny_tokenizer.json, 563 regular tokens, digits
+  one by one as in Qwen's) instead of Qwen's 151643, the specials after it, and `vocab_size` padded to a multiple of
+  128 with spare rows, as 151936 is (LaRe's three added tokens then fit without resizing the embeddings, as on the
+  real checkpoints).
 """
 
 from __future__ import annotations

@@ -41,6 +41,11 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="data seed of both stages (the probes use seed + 1000)")
     ap.add_argument("--stage-a-steps", type=int, default=6000)
     ap.add_argument("--stage-a-batch", type=int, default=32)
+    ap.add_argument("--stage-a-lr", type=float, default=2e-3)
+    ap.add_argument("--stage-a-cpus", type=int, default=2, help="threads of the stage A worker")
+    ap.add_argument("--stage-a-init", default="", metavar="DIR",
+                    help="warm restart: start stage A from this backbone folder's vision tower and probe heads "
+                         "(e.g. an earlier bundle) instead of the preset's random weights")
     ap.add_argument("--bundle", action="store_true", help="write the result into the package (lare/assets)")
     ap.add_argument("--bundle-from", choices=("a", "b"), default="b",
                     help="which stage's backbone to bundle: b (both stages) or a (the vision tower trained, the LM not)")
@@ -58,9 +63,13 @@ def stage_a(args, out: Path) -> dict:
     from lare.train.launch import worker_env_vars
     from lare.tracking import open_run, resolve_uri
 
-    cfg = load_config(None, ["model.backbone=tiny-qwen3-vl", "train.cpus_per_worker=2",
+    cfg = load_config(None, ["model.backbone=tiny-qwen3-vl", f"train.cpus_per_worker={args.stage_a_cpus}",
                              f"train.experiment=pretrain-stage-a-seed{args.seed}", f"tracking.uri={_tracking(args)}"])
-    stage = StageA(steps=args.stage_a_steps, batch_size=args.stage_a_batch, seed=args.seed)
+    init = str(Path(args.stage_a_init).resolve()) if args.stage_a_init else ""
+    if init and not (Path(init) / "config.json").is_file():
+        raise SystemExit(f"error: --stage-a-init {args.stage_a_init}: no backbone (config.json) there")
+    stage = StageA(steps=args.stage_a_steps, batch_size=args.stage_a_batch, lr=args.stage_a_lr, seed=args.seed,
+                   init_from=init)
     uri = resolve_uri(cfg)
     run_id = open_run(cfg, uri, str(out / "stage_a_mlflow_run_id"), experiment="lare-pretrain")
     trainer = TorchTrainer(
@@ -74,8 +83,19 @@ def stage_a(args, out: Path) -> dict:
     t0 = time.time()
     trainer.fit()
     probes = json.loads((out / "stage_a" / "probe" / "stage_a.json").read_text())
-    return {"steps": stage.steps, "batch_size": stage.batch_size, "wall_s": round(time.time() - t0),
+    return {"steps": stage.steps, "batch_size": stage.batch_size, "lr": stage.lr, "wall_s": round(time.time() - t0),
+            "init_from": args.stage_a_init or None, "restart_of": _lineage(init),
             **{k: v for k, v in probes.items() if k.startswith("probe_")}}
+
+
+def _lineage(init: str) -> dict | None:
+    """What a warm restart started from: the earlier stage A as its own pretrain.json recorded it (steps, wall time,
+    probes, the commands that built it), so the card of the result accounts for the whole budget."""
+    record = Path(init) / "pretrain.json" if init else None
+    if record is None or not record.is_file():
+        return None
+    before = json.loads(record.read_text())
+    return {"commands": before.get("commands", []), **before.get("stage_a", {})}
 
 
 def stage_b(args, out: Path) -> dict:

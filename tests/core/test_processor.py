@@ -17,6 +17,17 @@ def test_committed_tokenizer_is_what_offline_training_produces(tmp_path):
     assert fresh["model"]["merges"] == committed["model"]["merges"]
 
 
+def test_tiny_tokenizer_writes_numbers_digit_by_digit_as_qwen_does():
+    tok = tiny_tokenizer()
+    pieces = [tok.decode([i]) for i in tok.encode("(120,340),(200,1000)", add_special_tokens=False)]
+    assert "".join(pieces) == "(120,340),(200,1000)"
+    digits = [p for p in pieces if p.isdigit()]
+    assert all(len(p) == 1 for p in digits) and len(digits) == 13
+    # the question words a trace uses are whole tokens (trained on the generator's own text)
+    for word in ("Where", " colour", " directly", " quarter", " hexagon"):
+        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+
+
 def test_box_text_round_trip_and_rejects():
     box = [0.125, 0.25, 0.5, 0.875]
     assert format_box(box) == "(125,250),(500,875)"

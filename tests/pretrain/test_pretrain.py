@@ -77,7 +77,8 @@ def test_the_bundled_backbone_sees_shapes_on_fresh_scenes():
     folder = PRETRAINED["tiny-qwen3-vl-pretrained"]
     card = json.loads((folder / "pretrain.json").read_text())
     probes = vision_probes(folder, folder, seed=424242, scenes=128)
-    assert probes["probe_shape_acc"] >= 0.7 and probes["probe_colour_acc"] >= 0.95, probes
+    assert probes["probe_shape_acc"] >= 0.78 and probes["probe_colour_acc"] >= 0.97, probes
+    assert probes["probe_token_position_acc"] >= 0.95, probes  # where a token sits stays readable
     assert abs(probes["probe_shape_acc"] - card["probes"]["probe_shape_acc"]) < 0.06
     vlm, processor = load_backbone(load_config(None, ["model.backbone=tiny-qwen3-vl-pretrained"]).model)
     assert sum(p.numel() for p in vlm.parameters()) < 2_000_000 and (folder / "README.md").is_file()
