@@ -48,6 +48,7 @@ class Comparison:
     storage: str = "runs"
     bootstrap: int = 2000
     lare_ablations: list[str] = field(default_factory=lambda: list(LARE_ABLATIONS))  # how lare is also evaluated
+    input_ablations: list[str] = field(default_factory=lambda: ["other_image"])  # how every variant is also evaluated
     overrides: list[str] = field(default_factory=list)
 
 
@@ -91,7 +92,8 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
         result = make_trainer(plan, dataset, controller_failure_limit=0).fit()
         train_s = time.time() - t0
         evaluation = evaluate_model(plan.export_uri, ["refocus"], traces, limit=args.eval_limit or None,
-                                    batch_size=args.eval_batch, ablation=args.lare_ablations if variant == "lare" else ["none"])
+                                    batch_size=args.eval_batch,
+                                    ablation=[*(args.lare_ablations if variant == "lare" else ["none"]), *args.input_ablations])
         rows = [{"id": p["id"], "ablation": p["ablation"], "correct": bool(p["correct"]), "tokens": p["tokens"]}
                 for p in evaluation["predictions"]]
         path = Path(storage(cfg)[2]) / "predictions.json"
@@ -185,11 +187,14 @@ def analyse(trials: list[dict], index: dict[str, dict], n_boot: int) -> dict:
                       **{g: bootstrap_ci(matrix(key, members), n_boot) for g, members in groups.items() if members}}
     diffs = {}
     if "lare" in table:
-        for other in [k for k in table if k != "lare"]:
+        for other in [k for k in table if k != "lare" and not k.endswith("[other_image]")]:
             if len(by_key[other]) != len(by_key["lare"]):
                 continue
             diffs[f"lare - {other}"] = {g: paired_diff_ci(matrix("lare", m), matrix(other, m), n_boot)
                                         for g, m in groups.items() if m}
+    for key in [k for k in table if f"{k}[other_image]" in table]:  # how much each variant looks at its image
+        diffs[f"{key} - {key}[other_image]"] = {g: paired_diff_ci(matrix(key, m), matrix(f"{key}[other_image]", m), n_boot)
+                                                for g, m in groups.items() if m}
     return {"table": table, "paired": diffs, "rows_evaluated": len(ids), "seeds": seeds, "families": families}
 
 

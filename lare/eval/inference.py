@@ -16,6 +16,7 @@ pixel decoder, the regions its latents render. Crop models also return the boxes
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -31,11 +32,29 @@ from lare.storage import is_remote, redact, resolve
 TOKEN_COLUMNS = tuple(f"tok_{k}" for k in TOKEN_KEYS)
 COLUMNS = ("benchmark", "id", "ablation", "text", "answer", *TOKEN_COLUMNS, "latency_s", "boxes", "refocus", "regions")
 
+# Ablations of the input rather than of the model: `other_image` answers each question about another row's image
+# (the batch's images rotated by one; a lone row gets a blank grey image). Whatever a paradigm still gets right then,
+# it got from the question alone: accuracy minus this is how much it looks.
+INPUT_ABLATIONS = ("other_image",)
+
+
 def applicable(ablation: str, paradigm: str) -> bool:
-    """Whether an evaluation-time ablation means something for a paradigm (lare.model.ABLATIONS)."""
+    """Whether an evaluation-time ablation means something for a paradigm (lare.model.ABLATIONS, or an input
+    ablation, which applies to all)."""
+    if ablation in INPUT_ABLATIONS:
+        return True
     if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; known: {sorted(ABLATIONS)}")
+        raise ValueError(f"unknown ablation {ablation!r}; known: {sorted([*ABLATIONS, *INPUT_ABLATIONS])}")
     return paradigm in ABLATIONS[ablation]
+
+
+def other_images(images: list) -> list:
+    """Each row's image replaced by the next row's (a lone row: a blank mid-grey image of its size)."""
+    from PIL import Image
+
+    if len(images) > 1:
+        return images[1:] + images[:1]
+    return [Image.new("RGB", images[0].size, (128, 128, 128))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +278,13 @@ class ModelPredictor:
         out: dict[str, list] = {c: [] for c in COLUMNS}
         for ablation in self.ablations:
             t0 = time.perf_counter()
-            gen = model(prompt, mode="generate", ablation=ablation, max_new_tokens=self.max_new_tokens)
+            if ablation == "other_image":
+                swapped = [dataclasses.replace(ex, image=im) for ex, im in
+                           zip(examples, other_images([ex.image for ex in examples]))]
+                gen = model(build_batch(swapped, model.processor, cfg, prompt_only=True).to(self.device),
+                            mode="generate", max_new_tokens=self.max_new_tokens)
+            else:
+                gen = model(prompt, mode="generate", ablation=ablation, max_new_tokens=self.max_new_tokens)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             latency = (time.perf_counter() - t0) / n

@@ -37,6 +37,7 @@ from pathlib import Path
 from lare.cli import UserError, add_job_flags, main_guard, ray_for, run_cli, start
 from lare.config import PARADIGMS
 from lare.eval.readers import BENCHMARKS
+from lare.eval.inference import INPUT_ABLATIONS
 from lare.model import ABLATIONS
 
 log = logging.getLogger("lare.evaluate")
@@ -69,8 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="model actors in the Ray Data pool; keep it below the CPUs on a CPU machine (default 1)")
     ap.add_argument("--num-gpus-per-actor", type=float, default=0, help="GPUs per actor (0 = CPU inference)")
     ap.add_argument("--ablation", action="append", metavar="NAME",
-                    help=f"one of {', '.join(ABLATIONS)}; repeat to evaluate several (default none). Ablations that "
-                         "do not apply to a paradigm (no latents, no refocus) are skipped for it")
+                    help=f"one of {', '.join([*ABLATIONS, *INPUT_ABLATIONS])}; repeat to evaluate several (default none). "
+                         "Ablations that do not apply to a paradigm (no latents, no refocus) are skipped for it; "
+                         "other_image answers each question about another row's image (how much the model looks)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="decoding budget (default: the model's data.max_answer_tokens for latent paradigms, "
                          "data.max_new_tokens for text ones)")
@@ -90,8 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.paradigm = _csv(args.paradigm)
     args.ablation = _csv(args.ablation) or ["none"]
     for a in args.ablation:
-        if a not in ABLATIONS:
-            ap.error(f"--ablation {a}: must be one of {', '.join(ABLATIONS)}")
+        if a not in ABLATIONS and a not in INPUT_ABLATIONS:
+            ap.error(f"--ablation {a}: must be one of {', '.join([*ABLATIONS, *INPUT_ABLATIONS])}")
     for p in args.paradigm:
         if p not in PARADIGMS:
             ap.error(f"--paradigm {p}: must be one of {', '.join(PARADIGMS)}")

@@ -277,3 +277,25 @@ def test_help_lists_every_option(capsys):
                  "--max-new-tokens", "--no-ray", "--no-tracking"):
         assert flag in text
     assert "never changes the paradigm" in text
+
+
+def test_other_image_answers_each_question_about_the_next_rows_image(models):
+    """The input ablation every paradigm gets: row i is answered with row i+1's image (here told apart by its
+    visual token count, the images having different sizes); a lone row gets a blank image of its own size."""
+    from lare.eval.inference import ModelPredictor, applicable, inference_records
+    from lare.model.modeling import PARADIGMS
+
+    assert all(applicable("other_image", p) for p in PARADIGMS)
+    model = LaReModel.from_pretrained(models["direct"]).eval()
+    sizes = [(224, 224), (150, 100), (90, 200)]
+    items = [EvalItem("refocus", f"img{i}", "What colour is the star?", [], "red", png_bytes(w, h, seed=i),
+                      {"split": "test", "family": "attribute"}) for i, (w, h) in enumerate(sizes)]
+    predictor = ModelPredictor(model=model, ablations=["none", "other_image"], max_new_tokens=2)
+    recs = inference_records(items)
+    out = predictor({k: [r[k] for r in recs] for k in recs[0]})
+    visual = dict(zip(zip(out["ablation"], out["id"]), out["tok_visual"]))
+    own = [visual[("none", f"img{i}")] for i in range(3)]
+    assert len(set(own)) == 3
+    assert [visual[("other_image", f"img{i}")] for i in range(3)] == own[1:] + own[:1]
+    lone = predictor({k: [recs[1][k]] for k in recs[1]})
+    assert lone["tok_visual"] == [own[1], own[1]] and lone["ablation"] == ["none", "other_image"]
