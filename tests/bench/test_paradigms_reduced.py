@@ -25,7 +25,8 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     assert json.loads(out.read_text())["analysis"]["table"].keys() == result["analysis"]["table"].keys()
     assert "| lare (seeds 1) |" in out.with_suffix(".md").read_text()
     table = result["analysis"]["table"]
-    assert {"crop", "lare", "lare[zero_latents]", "lare[shuffle_refocus]", "lare[uniform_refocus]"} == set(table)
+    assert {"crop", "lare", "lare[zero_latents]", "lare[shuffle_refocus]", "lare[uniform_refocus]",
+            "crop[other_image]", "lare[other_image]"} == set(table)
     assert result["analysis"]["rows_evaluated"] == 12 and not result["failed_trials"]
     for row in table.values():
         ov = row["overall"]
@@ -33,6 +34,10 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
         assert {"split:test", "split:hard"} <= set(row)
     pair = result["analysis"]["paired"]["lare - crop"]["overall"]
     assert pair["diff"] == pytest.approx(table["lare"]["overall"]["acc"] - table["crop"]["overall"]["acc"])
+    # how much each variant looks: its accuracy minus its accuracy about another row's image, paired
+    looks = result["analysis"]["paired"]["crop - crop[other_image]"]["overall"]
+    assert looks["diff"] == pytest.approx(table["crop"]["overall"]["acc"] - table["crop[other_image]"]["overall"]["acc"])
+    assert "lare - crop[other_image]" not in result["analysis"]["paired"]
     head = result["headline"]
     # inference tokens: lare spends latent positions, crop re-encodes regions (both generate the answer)
     assert head["lare_tokens_over_crop"] == pytest.approx(table["lare"]["tokens_inference"] / table["crop"]["tokens_inference"])
