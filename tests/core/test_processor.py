@@ -7,7 +7,7 @@ from lare.processor import TINY_TOKENIZER, LaReProcessor, format_box, parse_box,
 
 
 def test_committed_tokenizer_is_what_offline_training_produces(tmp_path):
-    script = ("from lare.processor import train_tiny_tokenizer; import sys; "
+    script = ("from lare.tiny_tokenizer import train_tiny_tokenizer; import sys; "
               "train_tiny_tokenizer().save(sys.argv[1])")
     out = tmp_path / "tok.json"
     env = dict(os.environ, RAYON_NUM_THREADS="1")
