@@ -1,0 +1,116 @@
+"""Does the tiny language model learn to look? One-hop retrieval from the bundled backbone, in a plain loop.
+
+The paradigm comparison has every model near its question-only baseline. This isolates the first thing each
+paradigm needs: answering an attribute question by attending to the one visual token it names. A `direct` model is
+trained from `model.backbone` on attribute questions whose text matches a pattern (default: one fixed question,
+"What colour is the circle?", so no question word has to be carried to the answer position first), then answers
+held-out rows twice: about their own image and about another row's image (`other_image`). The difference is what the
+model takes from the image; the bundled tower's linear probe (lare/assets/.../README.md) says what is there to take.
+
+    python bench/retrieval_probe.py                                 # the fixed question and the whole family
+    python bench/retrieval_probe.py --pattern 'What shape is the .* object\\?' --steps 2000
+
+Prints a table and writes bench/results/retrieval_probe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PATTERNS = {"fixed question": r"What colour is the circle\?", "whole attribute family": r".*"}
+
+
+def examples(pattern: str, split: str, seed: int, n: int):
+    from lare.pretrain import _example
+    from pipelines.sources.refocus import generate
+
+    out, i = [], 0
+    while len(out) < n:
+        sample = generate(split, i, seed=seed, families=("attribute",))
+        i += 1
+        if re.fullmatch(pattern, sample["question"]):
+            out.append(_example(sample, f"{split}-{i}"))
+    return out
+
+
+def accuracy(model, cfg, rows) -> float:
+    from lare.answers import answers_match
+    from lare.batch import build_batch
+
+    right = 0
+    for i in range(0, len(rows), 32):
+        chunk = rows[i:i + 32]
+        with torch.no_grad():
+            gen = model(build_batch(chunk, model.processor, cfg, prompt_only=True), mode="generate")
+        right += sum(answers_match(a, ex.answer) for a, ex in zip(gen.answers, chunk))
+    return 100 * right / len(rows)
+
+
+def probe(pattern: str, args) -> dict:
+    from lare.batch import build_batch
+    from lare.config import load_config
+    from lare.model import LaReModel
+
+    cfg = load_config(None, [f"model.backbone={args.backbone}", "method.paradigm=direct", f"train.seed={args.seed}"])
+    torch.manual_seed(args.seed)
+    model = LaReModel.build(cfg).train()
+    train, test = examples(pattern, "train", args.seed + 5, args.train_rows), examples(pattern, "test", args.seed + 6, args.test_rows)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed)
+    t0, losses = time.time(), []
+    for step in range(args.steps):
+        idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
+        loss = model(build_batch([train[i] for i in idx], model.processor, cfg), mode="loss").loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    others = [copy.copy(ex) for ex in test]
+    for i, ex in enumerate(others):
+        ex.image = test[(i + 1) % len(test)].image
+    own, other = accuracy(model, cfg, test), accuracy(model, cfg, others)
+    return {"pattern": pattern, "steps": args.steps, "rows": len(test), "answers": len({ex.answer for ex in test}),
+            "acc": own, "other_image_acc": other, "looks": own - other,
+            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "train_s": round(time.time() - t0)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="tiny-qwen3-vl-pretrained")
+    ap.add_argument("--pattern", action="append", help="question regex (repeatable; default: the two of PATTERNS)")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--train-rows", type=int, default=2000, help="distinct training rows (batches are drawn from them)")
+    ap.add_argument("--test-rows", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrieval_probe.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    patterns = args.pattern or list(PATTERNS.values())
+    results = [probe(p, args) for p in patterns]
+    print(f"{'questions':<40}{'answers':>8}{'acc %':>8}{'other image %':>15}{'looks':>8}{'loss':>7}")
+    for r in results:
+        print(f"{r['pattern']:<40}{r['answers']:>8}{r['acc']:>8.1f}{r['other_image_acc']:>15.1f}{r['looks']:>8.1f}"
+              f"{r['final_loss']:>7.2f}")
+    report = {"backbone": args.backbone, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+              "train_rows": args.train_rows,
+              "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
