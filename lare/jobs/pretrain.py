@@ -1,7 +1,8 @@
 """Pretrain the bundled tiny backbone so that it sees: `python jobs/pretrain.py [--stage a|b|all] [key=value ...]`.
 
 Stage A (lare/pretrain.py): the vision tower learns, from dense per-token labels of generated scenes, the shape and
-colour of what covers each merged token; a one-worker Ray Train run with checkpoints (re-running resumes).
+colour of what covers each merged token and the token's row and column; a one-worker Ray Train run with checkpoints
+(re-running resumes; --stage-a-init warm-restarts from an earlier tower, and the card then lists both runs).
 Stage B: the whole model learns paradigm-neutral grounding ("What is at <box>?", "Where is the red circle?",
 "List the objects in the top-left quarter.") with the training job itself (paradigm direct, the `grounding`
 family of the refocus source), starting from stage A's backbone.
