@@ -437,7 +437,7 @@ that sees. Nothing here was downloaded. Load it with `model.backbone=tiny-qwen3-
 
 **This copy holds {what}.**{why_a}
 
-Reproduce: `python jobs/pretrain.py --bundle --bundle-from {stage}` (data seed {summary.get('seed', 0)}; probes on
+Reproduce: {'run, in order, the commands this copy was built by' if r else f'`python jobs/pretrain.py --bundle --bundle-from {stage}`'} (data seed {summary.get('seed', 0)}; probes on
 scenes of seed + 1000, never trained on). This copy was built by: {'; '.join(f'`{c}`' for c in commands)}.
 Wall times were measured on a shared 2-core CPU machine (other jobs were running).
 
