@@ -79,6 +79,7 @@ class DataConfig:
     max_steps: int = opt(3, "Most CoT steps a trace may have; the final curriculum stage replaces all of them.")
     max_answer_tokens: int = opt(16, "Greedy decoding budget after the reasoning for latent paradigms.")
     max_new_tokens: int = opt(96, "Greedy decoding budget for text paradigms (steps + answer).")
+    box_grammar: bool = opt(True, "Decode each generated box (after <|box_start|>) under the box grammar (x1,y1),(x2,y2): the form is fixed, the coordinates are the model's. Off: free decoding, and a malformed box gets no crop.")
     mixture: dict = opt({}, "Training mixture: traces folder or URI -> sampling weight (e.g. Visual-CoT + GQA); empty = traces_dir alone.")
     num_train_samples: int = opt(0, "Use at most this many training rows (0 = all).")
     num_val_samples: int = opt(64, "Validation rows evaluated at each validation (0 = all).")

@@ -8,6 +8,7 @@ tiny presets' tokenizer (trained offline by lare/tiny_tokenizer.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -55,15 +56,47 @@ def format_box(box) -> str:
     return f"({q[0]},{q[1]}),({q[2]},{q[3]})"
 
 
-def parse_box(text: str) -> list[float] | None:
-    """Inverse of format_box; None when the text holds no well-formed, non-degenerate box."""
+def parse_box(text: str, corners: bool = False) -> list[float] | None:
+    """Inverse of format_box; None when the text holds no well-formed, non-degenerate box. corners=True reads
+    the two points as any two opposite corners (sorted per axis, possibly of zero area): what a crop tool does
+    with coordinates given in the wrong order."""
     m = BOX_RE.search(text)
     if not m:
         return None
     x1, y1, x2, y2 = (min(1000, int(v)) / 1000 for v in m.groups())
+    if corners:
+        return [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
     if x2 <= x1 or y2 <= y1:
         return None
     return [x1, y1, x2, y2]
+
+
+BOX_TEMPLATE = "(N,N),(N,N)"  # what format_box writes; N: 1-4 digits, as BOX_RE reads
+BOX_CHARS = frozenset("0123456789(),")
+
+
+def box_prefix(text: str) -> str | None:
+    """Where `text` stands in the box grammar: "complete" when it is a whole box as format_box writes it, "open"
+    when it can still grow into one, None when it cannot. Constrained decoding (lare/model/generate.py) keeps a
+    generated box inside this grammar: a crop needs a box it can parse, whatever box the model chooses."""
+    i = 0
+    for part in BOX_TEMPLATE:
+        if i == len(text):
+            return "open"
+        if part == "N":
+            j = i
+            while j < len(text) and text[j] in "0123456789" and j - i < 4:
+                j += 1
+            if j == i:
+                return None
+            if j == len(text):
+                return "open"
+            i = j
+        elif text[i] != part:
+            return None
+        else:
+            i += 1
+    return "complete" if i == len(text) else None
 
 
 TINY_TOKENIZER = Path(__file__).parent / "assets" / "tiny_tokenizer.json"
@@ -105,6 +138,20 @@ class LaReProcessor:
             self.stop_ids.add(tokenizer.eos_token_id)
         if not tokenizer.chat_template:  # a real Qwen tokenizer keeps its own; save_pretrained writes this one
             tokenizer.chat_template = CHAT_TEMPLATE
+
+    @functools.cached_property
+    def box_tokens(self) -> tuple[list[int], list[str]]:
+        """The tokens a box can be written with (digits, brackets, commas; merged ones too, such as "),(") and
+        their text. Read from the vocabulary's raw strings, which for these characters are the text itself."""
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        pairs = [(i, t) for i, t in enumerate(vocab) if t and set(t) <= BOX_CHARS]
+        return [i for i, _ in pairs], [t for _, t in pairs]
+
+    def box_allowed(self, partial: str) -> list[int]:
+        """Token ids that keep a box being generated (its text so far: `partial`) inside the box grammar:
+        <|box_end|> only once the box is complete."""
+        ids = [i for i, t in zip(*self.box_tokens) if box_prefix(partial + t) is not None]
+        return ids + [self.box_end_id] if box_prefix(partial) == "complete" else ids
 
     # ---- images ---------------------------------------------------------------------------
     @property

@@ -6,6 +6,9 @@ latent / lare:     prefill the prompt (it ends with <|lare_start|>), K latent st
                    then <|lare_end|> is forced and the answer decoded.
 crop:              decode; each time the model closes a box (<|box_end|>), the box is parsed, that region
                    of the original image is re-encoded by the vision tower and its tokens appended.
+Boxes (text_cot, crop): after <|box_start|> decoding is held to the box grammar (data.box_grammar), as
+                   tool-calling systems constrain a call's arguments: the model picks every coordinate,
+                   the grammar only keeps the text parseable, so a crop is never lost to a malformed box.
 
 Token account (every position a sample costs falls in exactly one bucket):
   visual       image tokens of the original image
@@ -137,8 +140,16 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
     out_ids: list[list[int]] = [[] for _ in range(B)]
     boxes: list[list[list[float]]] = [[] for _ in range(B)]
     finished = [False] * B
+    open_box = [None] * B  # per sample: the text of the box being generated, None outside one
     for _ in range(budget):
-        tokens = model.vlm.lm_head(h).argmax(-1).tolist()
+        logits = model.vlm.lm_head(h)  # [B, V]
+        if data.box_grammar and any(t is not None for t in open_box):
+            logits = logits.clone()
+            for b, partial in enumerate(open_box):
+                if partial is not None and not finished[b]:
+                    keep = torch.tensor(p.box_allowed(partial), device=device)
+                    logits[b] = torch.full_like(logits[b], float("-inf")).index_copy(0, keep, logits[b, keep])
+        tokens = logits.argmax(-1).tolist()
         feeds: list[list[int]] = [[] for _ in range(B)]
         crops = {}
         for b, tok in enumerate(tokens):
@@ -150,6 +161,12 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
                 finished[b] = True
                 continue
             feeds[b] = [tok]
+            if tok == p.box_start_id:
+                open_box[b] = ""
+            elif tok == p.box_end_id:
+                open_box[b] = None
+            elif open_box[b] is not None:
+                open_box[b] += p.decode([tok])
             if model.paradigm == "crop" and tok == p.box_end_id:
                 box = _last_box(out_ids[b], p)
                 if box is not None:
@@ -182,8 +199,8 @@ def _all_done(done: bool, distributed: bool, device) -> bool:
 
 
 def _last_box(ids: list[int], p) -> list[float] | None:
-    """The box text between the last <|box_start|> and the <|box_end|> just generated."""
+    """The box between the last <|box_start|> and the <|box_end|> just generated, its corners in any order."""
     if p.box_start_id not in ids:
         return None
     start = len(ids) - 1 - ids[::-1].index(p.box_start_id)
-    return parse_box(p.decode(ids[start + 1:-1]))
+    return parse_box(p.decode(ids[start + 1:-1]), corners=True)  # a zero-area box is grown by crop_box

@@ -11,6 +11,7 @@ from tests.helpers import BACKBONES, record, tiny_config
 from lare.batch import TraceError, build_batch, example_from_record
 import lare.model
 from lare.model import LaReModel
+from lare.processor import BOX_RE
 
 PARADIGMS = ["direct", "text_cot", "crop", "latent", "lare"]
 
@@ -244,6 +245,34 @@ def test_crop_generation_when_one_row_crops_and_another_has_finished():
     assert gen.boxes == [[], [[0.0, 0.0, 0.5, 0.5]]]
     assert [t["crop_visual"] for t in gen.tokens] == [0, 18] and gen.answers[1] == "red"
     assert [t["generated"] for t in gen.tokens] == [1, len(crop_script)]
+
+
+@pytest.mark.parametrize("grammar", [True, False])
+def test_crop_generation_holds_a_box_to_the_grammar_so_a_crop_is_never_lost(grammar):
+    # The scripted model opens a box and then wants to stop: under the grammar it must write a whole box first
+    # (the grammar never allows <|im_end|> inside a box), then <|box_end|> is its only choice, and the crop follows.
+    model, cfg = build("tiny-qwen2.5-vl", "crop", f"data.box_grammar={str(grammar).lower()}")
+    p = model.processor
+    ex = examples([record("g", 56, 56, question="Hi?", steps=[])])
+    script_outputs(model, [p.box_start_id] + [p.im_end_id] * 40)
+    gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=40)
+    text = gen.texts[0]
+    if grammar:
+        inside = text.split("<|box_start|>")[1].split("<|box_end|>")[0]
+        assert BOX_RE.fullmatch(inside), text
+        assert text.endswith("<|box_end|><|im_end|>") and len(gen.boxes[0]) == 1
+        assert gen.tokens[0]["crop_visual"] > 0
+    else:
+        assert text == "<|box_start|><|im_end|>" and gen.boxes == [[]] and gen.tokens[0]["crop_visual"] == 0
+
+
+def test_crop_generation_reads_a_box_with_its_corners_swapped():
+    model, cfg = build("tiny-qwen2.5-vl", "crop")
+    p = model.processor
+    ex = examples([record("s", 56, 56, question="Hi?", steps=[])])
+    script_outputs(model, [p.box_start_id, *p.encode("(500,500),(0,0)"), p.box_end_id, *p.encode("\nAnswer: red"), p.im_end_id])
+    gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=40)
+    assert gen.boxes == [[[0.0, 0.0, 0.5, 0.5]]] and gen.tokens[0]["crop_visual"] == 18 and gen.answers == ["red"]
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

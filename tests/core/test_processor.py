@@ -3,7 +3,12 @@ import os
 import subprocess
 import sys
 
-from lare.processor import TINY_TOKENIZER, LaReProcessor, format_box, parse_box, tiny_tokenizer
+import random
+
+import pytest
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from lare.processor import BOX_RE, TINY_TOKENIZER, LaReProcessor, box_prefix, format_box, parse_box, tiny_tokenizer
 
 
 def test_committed_tokenizer_is_what_offline_training_produces(tmp_path):
@@ -34,6 +39,39 @@ def test_box_text_round_trip_and_rejects():
     assert parse_box("look " + format_box(box) + " there") == box
     assert parse_box("(500,250),(125,875)") is None  # x2 < x1
     assert parse_box("no box here") is None
+
+
+def test_parse_box_can_read_corners_in_any_order():
+    assert parse_box("(500,875),(125,250)", corners=True) == [0.125, 0.25, 0.5, 0.875]
+    assert parse_box("(300,300),(300,300)", corners=True) == [0.3, 0.3, 0.3, 0.3]  # zero area: a crop grows it
+    assert parse_box("(1,2)", corners=True) is None
+
+
+@pytest.mark.parametrize("text, state", [
+    ("", "open"), ("(", "open"), ("(12", "open"), ("(1234", "open"), ("(12345", None), ("(12,", "open"),
+    ("(12,3),(", "open"), ("(12,3),(4,5)", "complete"), ("(12,3),(4,5))", None), ("12", None), ("(,", None),
+    ("(1,2)(", None), ("(1,2),(3,4) ", None),
+])
+def test_box_prefix_follows_the_format_box_grammar(text, state):
+    assert box_prefix(text) == state
+
+
+def test_decoding_under_the_box_grammar_always_ends_in_a_box_parse_box_reads():
+    p = LaReProcessor(tiny_tokenizer(), Qwen2VLImageProcessorPil())
+    ids, texts = p.box_tokens
+    assert {"(", ")", ",", "0", "9"} <= set(texts) and "),(" in texts  # merged pieces are allowed too
+    rng = random.Random(0)
+    for _ in range(300):  # random walks: whatever the model prefers among the allowed tokens
+        partial = ""
+        while True:
+            allowed = p.box_allowed(partial)
+            assert allowed and (p.box_end_id in allowed) == (box_prefix(partial) == "complete")
+            tok = rng.choice(allowed)
+            if tok == p.box_end_id:
+                break
+            partial += p.decode([tok])
+            assert len(partial) <= len("(1000,1000),(1000,1000)")
+        assert BOX_RE.fullmatch(partial) and parse_box(partial, corners=True) is not None
 
 
 def test_prompt_layout_and_answer_extraction():
