@@ -28,7 +28,9 @@ QWEN_SPECIALS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|image_pad|>", "<|video_pad|>", "<|box_start|>", "<|box_end|>",
 ]
-BOX_RE = re.compile(r"\((\d{1,4}),(\d{1,4})\),\((\d{1,4}),(\d{1,4})\)")
+BOX_TEMPLATE = "(N,N),(N,N)"  # what format_box writes; N: 1-4 digits (BOX_RE reads it, box_prefix follows it)
+BOX_RE = re.compile(re.escape(BOX_TEMPLATE).replace("N", r"(\d{1,4})"))
+BOX_CHARS = frozenset("0123456789(),")
 ANSWER_PREFIX = "Answer: "
 IMAGE_PART = "<|vision_start|><|image_pad|><|vision_end|>"  # what Qwen's chat templates render for an image
 # The prompt layout below as a chat template, for a tokenizer that has none (the tiny presets): an export then
@@ -69,10 +71,6 @@ def parse_box(text: str, corners: bool = False) -> list[float] | None:
     if x2 <= x1 or y2 <= y1:
         return None
     return [x1, y1, x2, y2]
-
-
-BOX_TEMPLATE = "(N,N),(N,N)"  # what format_box writes; N: 1-4 digits, as BOX_RE reads
-BOX_CHARS = frozenset("0123456789(),")
 
 
 def box_prefix(text: str) -> str | None:
