@@ -59,9 +59,13 @@ def probe(pattern: str, args) -> dict:
     from lare.config import load_config
     from lare.model import LaReModel
 
-    cfg = load_config(None, [f"model.backbone={args.backbone}", "method.paradigm=direct", f"train.seed={args.seed}"])
+    from lare.train.parallel import freeze
+
+    cfg = load_config(None, [f"model.backbone={args.backbone}", "method.paradigm=direct", f"train.seed={args.seed}",
+                             f"train.freeze_vision={args.freeze_vision}"])
     torch.manual_seed(args.seed)
     model = LaReModel.build(cfg).train()
+    freeze(model, cfg)
     train, test = examples(pattern, "train", args.seed + 5, args.train_rows), examples(pattern, "test", args.seed + 6, args.test_rows)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -95,6 +99,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-rows", type=int, default=2000, help="distinct training rows (batches are drawn from them)")
     ap.add_argument("--test-rows", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--freeze-vision", action="store_true", help="keep the pretrained vision tower fixed")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrieval_probe.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -105,6 +110,7 @@ def main(argv=None) -> dict:
         print(f"{r['pattern']:<40}{r['answers']:>8}{r['acc']:>8.1f}{r['other_image_acc']:>15.1f}{r['looks']:>8.1f}"
               f"{r['final_loss']:>7.2f}")
     report = {"backbone": args.backbone, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+              "freeze_vision": args.freeze_vision,
               "train_rows": args.train_rows,
               "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

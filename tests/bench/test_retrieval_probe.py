@@ -9,8 +9,8 @@ def test_retrieval_probe_reports_what_the_model_takes_from_the_image(tmp_path):
 
     out = tmp_path / "probe.json"
     report = retrieval_probe.main(["--steps", "3", "--test-rows", "8", "--batch-size", "4", "--train-rows", "16", "--out", str(out),
-                                   "--pattern", r"What colour is the circle\?"])
-    assert json.loads(out.read_text()) == report
+                                   "--pattern", r"What colour is the circle\?", "--freeze-vision"])
+    assert json.loads(out.read_text()) == report and report["freeze_vision"] is True
     (r,) = report["results"]
     assert r["rows"] == 8 and r["steps"] == 3 and 1 <= r["answers"] <= 8
     assert 0 <= r["acc"] <= 100 and 0 <= r["other_image_acc"] <= 100
