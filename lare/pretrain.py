@@ -417,9 +417,14 @@ def model_card(summary: dict) -> str:
     what = ("stage A only: the vision tower is pretrained, the language model keeps its random initialisation"
             if stage == "a" else "both stages")
     r = a.get("restart_of") or {}
-    earlier = (f"| A, earlier (from random weights; shape probe {pct(r.get('probes', r).get('probe_shape_acc'))}) | vision "
-               f"tower + linear probe, dense per-token shape and colour labels, batch {r.get('batch_size')} | "
-               f"{r.get('steps')} | {r.get('wall_s')} s |\n") if r else ""
+    chain, link = [], r  # each warm restart names the stage A it started from, back to the one from random weights
+    while link:
+        chain.append(link)
+        link = link.get("restart_of") or {}
+    earlier = "".join(
+        f"| A, earlier ({'warm restart from the row above' if i < len(chain) - 1 else 'from random weights'}; shape probe "
+        f"{pct(e.get('probes', e).get('probe_shape_acc'))}) | vision tower + linear probe, batch {e.get('batch_size')}, "
+        f"lr {e.get('lr', 2e-3):g} | {e.get('steps')} | {e.get('wall_s')} s |\n" for i, e in reversed(list(enumerate(chain))))
     stage_b_row = (f"| B | language model (vision tower fixed), paradigm `direct` on the `grounding` family "
                    f"({b.get('rows')} rows; `{b.get('config')}`) | {b.get('steps')} | {b.get('wall_s')} s |"
                    if b else "| B | not run for this copy | - | - |")

@@ -82,3 +82,21 @@ def test_the_bundled_backbone_sees_shapes_on_fresh_scenes():
     assert abs(probes["probe_shape_acc"] - card["probes"]["probe_shape_acc"]) < 0.06
     vlm, processor = load_backbone(load_config(None, ["model.backbone=tiny-qwen3-vl-pretrained"]).model)
     assert sum(p.numel() for p in vlm.parameters()) < 2_000_000 and (folder / "README.md").is_file()
+
+
+def test_the_model_card_lists_every_warm_restart_back_to_random_weights():
+    """A bundle built by restarting stage A from an earlier bundle accounts for the whole budget: one row per
+    stage A run, oldest first, and every command that built it."""
+    from lare.pretrain import model_card
+
+    first = {"steps": 6000, "batch_size": 32, "lr": 2e-3, "wall_s": 3273, "probe_shape_acc": 0.792}
+    second = {"steps": 5000, "batch_size": 32, "lr": 1e-3, "wall_s": 2516, "probe_shape_acc": 0.84,
+              "restart_of": {"commands": ["cmd-1"], **first}}
+    summary = {"commands": ["cmd-3"], "bundled": "a", "seed": 0,
+               "stage_a": {"steps": 0, "batch_size": 32, "lr": 2e-3, "wall_s": 27,
+                           "restart_of": {"commands": ["cmd-1", "cmd-2"], **second}, "probes": {"probe_shape_acc": 0.84}}}
+    card = model_card(summary)
+    rows = [line for line in card.splitlines() if line.startswith("| A")]
+    assert [r.split("|")[3].strip() for r in rows] == ["6000", "5000", "0"]
+    assert "from random weights; shape probe 79.2 %" in rows[0] and "warm restart from the row above" in rows[1]
+    assert "`cmd-1`; `cmd-2`; `cmd-3`" in card
