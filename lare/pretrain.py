@@ -13,6 +13,8 @@ Shapes: B scenes, G x G merged tokens per scene (7 x 7 for Qwen3-VL at 224 px), 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import time
 from dataclasses import dataclass
@@ -367,15 +369,23 @@ def box_iou(a, b) -> float:
 
 @torch.no_grad()
 def grounding_probes(model_dir, *, seed: int, rows: int = 192, batch_size: int = 32) -> dict[str, float]:
-    """The grounding answers of a trained direct model on fresh scenes: "What is at <box>?" accuracy,
-    "Where is ...?" mean IoU and share with IoU >= 0.5, and "List the objects ..." exact-match rate."""
+    """The grounding answers of a trained direct model (stage B's export, or a bundled backbone) on fresh scenes:
+    "What is at <box>?" accuracy, "Where is ...?" mean IoU and share with IoU >= 0.5, "List the objects ..."
+    exact-match rate, and one-hop lookups about the row's own image and about another's."""
     from lare.batch import build_batch
     from lare.model import LaReModel
     from lare.processor import parse_box
     from lare.answers import answers_match
     from pipelines.sources.refocus import generate
 
-    model = LaReModel.from_pretrained(model_dir)
+    from pathlib import Path
+
+    from lare.config import load_config
+
+    if (Path(model_dir) / "lare_config.json").is_file():  # stage B's export
+        model = LaReModel.from_pretrained(model_dir)
+    else:  # a bundled backbone: answered as a direct model, which adds nothing to it
+        model = LaReModel.build(load_config(None, [f"model.backbone={model_dir}", "method.paradigm=direct"]))
     model.eval()
     cfg = model.cfg
     examples = [_example(generate("test", i, seed=seed, families=("grounding",)), f"probe-{i}") for i in range(rows)]
@@ -391,10 +401,27 @@ def grounding_probes(model_dir, *, seed: int, rows: int = 192, batch_size: int =
             else:
                 by_kind[kind].append(float(answers_match(answer, ex.answer)))
     ious = by_kind["where_is_iou"]
+    lookups = [_example(generate("test", i, seed=seed, families=("attribute",)), f"lookup-{i}") for i in range(rows)]
+    elsewhere = [dataclasses.replace(ex, image=lookups[(i + 1) % rows].image) for i, ex in enumerate(lookups)]
     return {"grounding_what_is_at_acc": float(np.mean(by_kind["what_is_at"])),
             "grounding_where_is_mean_iou": float(np.mean(ious)),
             "grounding_where_is_iou50": float(np.mean([v >= 0.5 for v in ious])),
-            "grounding_list_exact": float(np.mean(by_kind["list_quarter"])), "grounding_rows": rows}
+            "grounding_list_exact": float(np.mean(by_kind["list_quarter"])), "grounding_rows": rows,
+            # one-hop lookups ("What colour is the circle?"), and the same questions about another row's image:
+            # the difference is what the language model reads from the image
+            "lookup_acc": _accuracy(model, lookups, batch_size), "lookup_other_image_acc": _accuracy(model, elsewhere, batch_size)}
+
+
+def _accuracy(model, examples, batch_size: int) -> float:
+    from lare.answers import answers_match
+    from lare.batch import build_batch
+
+    right = 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        gen = model(build_batch(chunk, model.processor, model.cfg, prompt_only=True), mode="generate")
+        right += sum(answers_match(a, ex.answer) for a, ex in zip(gen.answers, chunk))
+    return right / len(examples)
 
 
 def _example(sample: dict, sample_id: str):
@@ -425,10 +452,16 @@ def model_card(summary: dict) -> str:
         f"| A, earlier ({'warm restart from the row above' if i < len(chain) - 1 else 'from random weights'}; shape probe "
         f"{pct(e.get('probes', e).get('probe_shape_acc'))}) | vision tower + linear probe, batch {e.get('batch_size')}, "
         f"lr {e.get('lr', 2e-3):g} | {e.get('steps')} | {e.get('wall_s')} s |\n" for i, e in reversed(list(enumerate(chain))))
-    stage_b_row = (f"| B | language model (vision tower fixed), paradigm `direct` on the `grounding` family "
+    families = " and ".join(f"`{f.strip()}`" for f in str(b.get("families", "grounding")).split(","))
+    stage_b_row = (f"| B | language model (vision tower fixed), paradigm `direct` on the {families} famil"
+                   f"{'ies' if ' and ' in families else 'y'} "
                    f"({b.get('rows')} rows; `{b.get('config')}`) | {b.get('steps')} | {b.get('wall_s')} s |"
                    if b else "| B | not run for this copy | - | - |")
     commands = [*r.get("commands", []), *summary.get("commands", [])]
+    a_what = ("the row above, carried over unchanged (0 steps: its tower and probe heads, the probes re-measured)"
+              if r and not a.get("steps") else
+              f"vision tower + linear probe, dense per-token shape, colour, row and column labels, batch "
+              f"{a.get('batch_size')}, lr {a.get('lr', 2e-3):g}{', warm restart from the row above' if r else ''}")
     why_a = "" if stage == "b" else (
         " Stage B ran and did not teach the language model grounding at its budget, so it is not in this copy; its "
         "numbers are below, as measured (chance for \"What is at <box>?\" is 1 in 48 colour-shape pairs, 2.1 %)."
@@ -448,7 +481,7 @@ Wall times were measured on a shared 2-core CPU machine (other jobs were running
 
 | stage | what | steps | wall time |
 |---|---|---|---|
-{earlier}| A | vision tower + linear probe, dense per-token shape, colour, row and column labels, batch {a.get('batch_size')}, lr {a.get('lr', 2e-3):g}{', warm restart from the row above' if r else ''} | {a.get('steps')} | {a.get('wall_s')} s |
+{earlier}| A | {a_what} | {a.get('steps')} | {a.get('wall_s')} s |
 {stage_b_row}
 
 Probes on held-out scenes (70 % like the train split, 30 % like the hard split; per object at its main token):
@@ -463,6 +496,8 @@ Probes on held-out scenes (70 % like the train split, 30 % like the hard split; 
 | "Where is the ...?" mean box IoU | - | {iou(pb.get('grounding_where_is_mean_iou'))} |
 | "Where is the ...?" IoU >= 0.5 | - | {pct(pb.get('grounding_where_is_iou50'))} |
 | "List the objects in the ... quarter." exact | - | {pct(pb.get('grounding_list_exact'))} |
+| one-hop lookups ("What colour is the circle?"), own image | - | {pct(pb.get('lookup_acc'))} |
+| the same lookups about another scene's image (what the question alone gives) | - | {pct(pb.get('lookup_other_image_acc'))} |
 
 Files: `model.safetensors` and `config.json` (the backbone), the processor's files, `probe.safetensors` (stage A's
 linear heads, for re-measuring the probe), `pretrain.json` (everything above, machine-readable).

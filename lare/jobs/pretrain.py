@@ -117,6 +117,7 @@ def stage_b(args, out: Path) -> dict:
     result = make_trainer(plan, dataset).fit()
     log.info("stage B done: %s", {k: result.metrics.get(k) for k in ("step", "val_accuracy")})
     return {"steps": result.metrics.get("step"), "rows": rows, "wall_s": round(time.time() - t0),
+            "families": cfg.data.source_options.get("families", "grounding"),
             "export": redact(plan.export_uri), "val_accuracy": result.metrics.get("val_accuracy"),
             "config": str(STAGE_B_CONFIG.relative_to(ROOT)), "overrides": args.overrides}
 
@@ -146,7 +147,10 @@ def main(argv=None) -> dict:
                 summary["stage_a"]["wall_s"] += before.get("wall_s", 0)
             summary_path.write_text(json.dumps(summary, indent=1))
         if args.stage in ("b", "all"):
+            before = summary.get("stage_b", {})
             summary["stage_b"] = stage_b(args, out)
+            if before.get("steps") == summary["stage_b"]["steps"]:  # resumed (e.g. re-run with --bundle): every invocation's time
+                summary["stage_b"]["wall_s"] += before.get("wall_s", 0)
             summary_path.write_text(json.dumps(summary, indent=1))
     from lare.pretrain import grounding_probes, vision_probes
 

@@ -58,8 +58,9 @@ def test_the_job_runs_both_stages_and_bundles_a_loadable_backbone(tmp_path, ray_
                              "--probe-scenes", "16", "--bundle",
                              "data.source_options={families: grounding, num_train: 32, num_val: 4, num_test: 8, num_hard: 0}",
                              "train.batch_size=8", "data.num_val_samples=4", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
-    assert summary["stage_a"]["steps"] == 6 and summary["stage_b"]["steps"] == 16  # 32 rows / 8 x 4 curriculum epochs
+    assert summary["stage_a"]["steps"] == 6 and summary["stage_b"]["steps"] == 4  # 32 rows / 8, each seen once
     assert {"probe_shape_acc", "grounding_where_is_mean_iou", "grounding_what_is_at_acc"} <= set(summary["probes"])
+    assert 0 <= summary["probes"]["lookup_other_image_acc"] <= 1 and 0 <= summary["probes"]["lookup_acc"] <= 1
     card = (bundle / "README.md").read_text()
     assert "python jobs/pretrain.py --out" in card and "per-object shape accuracy" in card
     assert json.loads((bundle / "pretrain.json").read_text())["probes"] == summary["probes"]
@@ -82,6 +83,17 @@ def test_the_bundled_backbone_sees_shapes_on_fresh_scenes():
     assert abs(probes["probe_shape_acc"] - card["probes"]["probe_shape_acc"]) < 0.06
     vlm, processor = load_backbone(load_config(None, ["model.backbone=tiny-qwen3-vl-pretrained"]).model)
     assert sum(p.numel() for p in vlm.parameters()) < 2_000_000 and (folder / "README.md").is_file()
+
+
+def test_the_bundled_language_model_reads_the_image():
+    """Stage B's language model answers one-hop lookups ("What colour is the circle?") on fresh scenes better about
+    the row's own image than about another's: it attends to what the question names."""
+    from lare.backbone import PRETRAINED
+    from lare.pretrain import grounding_probes
+
+    folder = PRETRAINED["tiny-qwen3-vl-pretrained"]
+    probes = grounding_probes(folder, seed=424242, rows=128)
+    assert probes["lookup_acc"] - probes["lookup_other_image_acc"] >= 0.05, probes
 
 
 def test_the_model_card_lists_every_warm_restart_back_to_random_weights():
