@@ -50,6 +50,7 @@ class Comparison:
     lare_ablations: list[str] = field(default_factory=lambda: list(LARE_ABLATIONS))  # how lare is also evaluated
     input_ablations: list[str] = field(default_factory=lambda: ["other_image"])  # how every variant is also evaluated
     overrides: list[str] = field(default_factory=list)
+    on_change: str = "error"       # a folder of this name built from another config or backbone: "error" or "restart"
 
 
 def run_overrides(args, traces: str) -> list[str]:
@@ -289,6 +290,43 @@ def resolve(args: Comparison):
     return base, traces, overrides, f"{Path(args.storage).resolve()}/{args.name}", uri
 
 
+def fingerprint(args: Comparison, base) -> dict:
+    """What the trials of a comparison were made from: the resolved base config, the comparison's budget, and the
+    backbone's weights (name, size and first MiB of each weights file, so a re-bundled backbone is told apart
+    without reading a large checkpoint whole). Resuming is only sound while this stays the same."""
+    import hashlib
+
+    from lare.backbone import PRETRAINED
+
+    folder = PRETRAINED.get(base.model.backbone) or Path(base.model.backbone)
+    weights = {}
+    for f in sorted(Path(folder).glob("model*.safetensors")) if Path(folder).is_dir() else []:
+        with f.open("rb") as fh:
+            weights[f.name] = f"{f.stat().st_size}:{hashlib.sha256(fh.read(1 << 20)).hexdigest()[:16]}"
+    budget = {k: getattr(args, k) for k in ("rows", "epochs_per_stage", "eval_limit", "lare_ablations", "input_ablations")}
+    return {"config": json.loads(json.dumps(base.to_dict(), default=str)), "budget": budget, "backbone_weights": weights}
+
+
+def check_same_comparison(root: str, args: Comparison, base) -> None:
+    """Refuse (or, with on_change="restart", clear) a comparison folder whose trials came from another config or
+    backbone: resuming it would report old models as the new ones."""
+    import shutil
+
+    now, path = fingerprint(args, base), Path(root) / "fingerprint.json"
+    before = json.loads(path.read_text()) if path.is_file() else None
+    if before is not None and before != now:
+        changed = sorted(k for k in now if before.get(k) != now[k])
+        if args.on_change != "restart":
+            raise SystemExit(f"error: the comparison {args.name!r} in {root} was run with another {', '.join(changed)}; "
+                             f"use a new --name (or delete {root}) to run it again")
+        print(f"the comparison {args.name} was run with another {', '.join(changed)}: starting it again")
+        shutil.rmtree(root)
+    elif before is None and Path(root, "grid").exists():
+        print(f"note: {root} predates comparison fingerprints; resuming it as it is")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(now, indent=1))
+
+
 def run(args: Comparison, out: Path | None = None, verbose: bool = False) -> dict:
     """Run (or resume) the grid, analyse it, print the report; write it to `out` and to the MLflow parent run."""
     from ray import tune
@@ -300,6 +338,7 @@ def run(args: Comparison, out: Path | None = None, verbose: bool = False) -> dic
 
     t0 = time.time()
     base, traces, overrides, root, uri = resolve(args)
+    check_same_comparison(root, args, base)
     with ray_for((os.cpu_count() or 2) + 4, verbose), LiveProgress() as board:
         manifest, dataset, num_rows = prepare_data(base)
         parent = open_run(base, uri, f"{root}/mlflow_parent_run_id", experiment=args.name) if uri else ""

@@ -42,7 +42,8 @@ def main(argv=None) -> dict:
     t0 = time.time()
     cfg = load_config(CONFIG).with_absolute_paths(ROOT)
     comparison = Comparison(config=CONFIG, name="lare-demo", variants=VARIANTS, seeds=1, eval_limit=EVAL_ROWS, lare_ablations=LARE_ABLATIONS,
-                            input_ablations=[], max_concurrent=2, storage=str(ROOT / "runs"), bootstrap=1000, overrides=args.overrides)
+                            input_ablations=[], max_concurrent=2, storage=str(ROOT / "runs"), bootstrap=1000, overrides=args.overrides,
+                            on_change="restart")  # a demo after a config or backbone change trains again
     out = ROOT / "outputs" / "demo" / "comparison.json"
     result = run_comparison(comparison, out, verbose=args.verbose)
     uri = resolve_uri(cfg)
