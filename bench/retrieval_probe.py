@@ -16,7 +16,6 @@ Prints a table and writes bench/results/retrieval_probe.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import re
 import time
@@ -41,24 +40,12 @@ def examples(pattern: str, split: str, seed: int, n: int):
     return out
 
 
-def accuracy(model, cfg, rows) -> float:
-    from lare.answers import answers_match
-    from lare.batch import build_batch
-
-    right = 0
-    for i in range(0, len(rows), 32):
-        chunk = rows[i:i + 32]
-        with torch.no_grad():
-            gen = model(build_batch(chunk, model.processor, cfg, prompt_only=True), mode="generate")
-        right += sum(answers_match(a, ex.answer) for a, ex in zip(gen.answers, chunk))
-    return 100 * right / len(rows)
-
-
 def probe(pattern: str, args) -> dict:
     from lare.batch import build_batch
     from lare.config import load_config
     from lare.model import LaReModel
 
+    from lare.pretrain import about_other_images, answer_accuracy
     from lare.train.parallel import freeze
 
     cfg = load_config(None, [f"model.backbone={args.backbone}", "method.paradigm=direct", f"train.seed={args.seed}",
@@ -80,10 +67,7 @@ def probe(pattern: str, args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     model.eval()
-    others = [copy.copy(ex) for ex in test]
-    for i, ex in enumerate(others):
-        ex.image = test[(i + 1) % len(test)].image
-    own, other = accuracy(model, cfg, test), accuracy(model, cfg, others)
+    own, other = 100 * answer_accuracy(model, test), 100 * answer_accuracy(model, about_other_images(test))
     return {"pattern": pattern, "steps": args.steps, "rows": len(test), "answers": len({ex.answer for ex in test}),
             "acc": own, "other_image_acc": other, "looks": own - other,
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "train_s": round(time.time() - t0)}

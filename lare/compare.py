@@ -300,7 +300,7 @@ def fingerprint(args: Comparison, base) -> dict:
 
     folder = PRETRAINED.get(base.model.backbone) or Path(base.model.backbone)
     weights = {}
-    for f in sorted(Path(folder).glob("model*.safetensors")) if Path(folder).is_dir() else []:
+    for f in sorted(Path(folder).glob("model*.safetensors")):  # none for a preset built from random weights
         with f.open("rb") as fh:
             weights[f.name] = f"{f.stat().st_size}:{hashlib.sha256(fh.read(1 << 20)).hexdigest()[:16]}"
     budget = {k: getattr(args, k) for k in ("rows", "epochs_per_stage", "eval_limit", "lare_ablations", "input_ablations")}

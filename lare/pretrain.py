@@ -402,17 +402,24 @@ def grounding_probes(model_dir, *, seed: int, rows: int = 192, batch_size: int =
                 by_kind[kind].append(float(answers_match(answer, ex.answer)))
     ious = by_kind["where_is_iou"]
     lookups = [_example(generate("test", i, seed=seed, families=("attribute",)), f"lookup-{i}") for i in range(rows)]
-    elsewhere = [dataclasses.replace(ex, image=lookups[(i + 1) % rows].image) for i, ex in enumerate(lookups)]
     return {"grounding_what_is_at_acc": float(np.mean(by_kind["what_is_at"])),
             "grounding_where_is_mean_iou": float(np.mean(ious)),
             "grounding_where_is_iou50": float(np.mean([v >= 0.5 for v in ious])),
             "grounding_list_exact": float(np.mean(by_kind["list_quarter"])), "grounding_rows": rows,
             # one-hop lookups ("What colour is the circle?"), and the same questions about another row's image:
             # the difference is what the language model reads from the image
-            "lookup_acc": _accuracy(model, lookups, batch_size), "lookup_other_image_acc": _accuracy(model, elsewhere, batch_size)}
+            "lookup_acc": answer_accuracy(model, lookups, batch_size),
+            "lookup_other_image_acc": answer_accuracy(model, about_other_images(lookups), batch_size)}
 
 
-def _accuracy(model, examples, batch_size: int) -> float:
+def about_other_images(examples: list) -> list:
+    """The same questions, each about the next example's image: what a model still gets right came from the question."""
+    return [dataclasses.replace(ex, image=examples[(i + 1) % len(examples)].image) for i, ex in enumerate(examples)]
+
+
+@torch.no_grad()
+def answer_accuracy(model, examples, batch_size: int = 32) -> float:
+    """Share of examples (0-1) whose greedy answer matches the gold one."""
     from lare.answers import answers_match
     from lare.batch import build_batch
 
