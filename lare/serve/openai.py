@@ -7,8 +7,11 @@ Request, as OpenAI clients send it:
      "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
                                                {"type": "text", "text": "What colour is the star?"}]}],
      "lare": {"choices": ["red", "blue"], "refocus": true}}
-The last user message is the question: its text parts joined, exactly one image (a data: URL, or a path under the
-server's image root). Sampling is greedy: temperature 0 (or absent), n 1, no streaming.
+One user message is the question: its text parts joined, exactly one image (a data: URL, or a path under the
+server's image root). Sampling is greedy: temperature 0 (or absent), n 1, no streaming. A system (or developer)
+message with any text, an earlier turn, or a second user message is refused rather than dropped: the model answers
+one question about one image with the prompt it was fine-tuned on, and a server that silently ignored the client's
+instructions or history would return an answer to a request the client did not make.
 """
 
 from __future__ import annotations
@@ -84,16 +87,32 @@ def parse_chat_request(body, limits: Limits) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "messages must be a non-empty list", "messages")
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if not users:
-        raise RequestError(400, "no user message", "messages")
-    texts, images = _parts(users[-1].get("content"))
+    texts, images = _parts(_the_user_message(messages).get("content"))
     question = "\n".join(t.strip() for t in texts if t.strip())
     if not question:
         raise RequestError(400, "the user message has no question text", "messages")
     if len(images) != 1:
         raise RequestError(400, f"the user message must hold exactly one image, it has {len(images)}", "messages")
     return ChatRequest(read_image(images[0], limits), question, choices, max_tokens, bool(extras.get("refocus", True)))
+
+
+def _the_user_message(messages: list) -> dict:
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role in ("system", "developer"):
+            texts, images = _parts(m.get("content"))
+            if any(t.strip() for t in texts) or images:
+                raise RequestError(400, f"messages[{i}]: {role} messages are not supported: the model answers with the "
+                                        "prompt it was fine-tuned on; send an empty one or none", "messages")
+        elif role not in ("user", "assistant", "tool"):
+            raise RequestError(400, f"messages[{i}]: unknown role {role!r}", "messages")
+    turns = [m for m in messages if m.get("role") in ("user", "assistant", "tool")]
+    if not turns or turns[-1].get("role") != "user":
+        raise RequestError(400, "no user message: the last message must be the user's question", "messages")
+    if len(turns) > 1:
+        raise RequestError(400, "one question per request: the model keeps no conversation, so earlier turns "
+                                "would be ignored; send the question as the only user message", "messages")
+    return turns[-1]
 
 
 def _parts(content) -> tuple[list[str], list[str]]:

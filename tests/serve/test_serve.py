@@ -138,6 +138,8 @@ def _noise(bytes_at_least: int) -> bytes:
     ("outside_root", 403, "outside the server's image root"),
     ("not_json", 400, "not JSON"),
     ("two_images", 400, "exactly one image"),
+    ("system_message", 400, "system messages are not supported"),
+    ("earlier_turns", 400, "one question per request"),
 ])
 def test_bad_input_is_a_4xx_json_error_and_the_service_goes_on(served, case, status, words):
     ok = png_bytes(48, 48)
@@ -153,6 +155,10 @@ def test_bad_input_is_a_4xx_json_error_and_the_service_goes_on(served, case, sta
         "not_json": lambda: b"{not json",
         "two_images": lambda: {**chat(ok, "Which?"), "messages": [{"role": "user", "content": [
             *chat(ok, "Which?")["messages"][0]["content"], chat(ok, "Which?")["messages"][0]["content"][0]]}]},
+        "system_message": lambda: {**chat(ok, "Which?"), "messages": [
+            {"role": "system", "content": "Answer in French."}, *chat(ok, "Which?")["messages"]]},
+        "earlier_turns": lambda: {**chat(ok, "Which?"), "messages": [
+            *chat(ok, "Which?")["messages"], {"role": "assistant", "content": "red"}, *chat(ok, "And now?")["messages"]]},
     }[case]()
     got, out = post(served["url"] + "/v1/chat/completions", body)
     assert got == status, out
