@@ -455,10 +455,12 @@ def model_card(summary: dict) -> str:
     while link:
         chain.append(link)
         link = link.get("restart_of") or {}
+    trained = lambda e: (f"vision tower + linear probe, batch {e.get('batch_size')}, lr {e.get('lr', 2e-3):g}"  # noqa: E731
+                         if e.get("steps") else "carried over unchanged (0 steps, the probes re-measured)")
     earlier = "".join(
         f"| A, earlier ({'warm restart from the row above' if i < len(chain) - 1 else 'from random weights'}; shape probe "
-        f"{pct(e.get('probes', e).get('probe_shape_acc'))}) | vision tower + linear probe, batch {e.get('batch_size')}, "
-        f"lr {e.get('lr', 2e-3):g} | {e.get('steps')} | {e.get('wall_s')} s |\n" for i, e in reversed(list(enumerate(chain))))
+        f"{pct(e.get('probes', e).get('probe_shape_acc'))}) | {trained(e)} | {e.get('steps')} | {e.get('wall_s')} s |\n"
+        for i, e in reversed(list(enumerate(chain))))
     families = " and ".join(f"`{f.strip()}`" for f in str(b.get("families", "grounding")).split(","))
     stage_b_row = (f"| B | language model (vision tower fixed), paradigm `direct` on the {families} famil"
                    f"{'ies' if ' and ' in families else 'y'} "
