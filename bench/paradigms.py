@@ -4,7 +4,9 @@ Every variant is trained from the same backbone (configs/paradigms.yaml: the bun
 same training rows for the same number of epochs, through the real training job, with 3 seeds, as one Ray Tune grid
 (variant x seed, two trials at a time; Ray starts once, an MLflow parent run holds a child run per trial, and the
 same --name resumes an interrupted comparison). Each trial then evaluates its export on the held-out `test` and
-`hard` splits (lare also with its latents zeroed, its refocus maps shuffled across samples and made uniform).
+`hard` splits (lare also with its latents zeroed, its refocus maps shuffled across samples and made uniform; crop
+also with the trace's boxes written for it and cropped, an oracle that tells its crops apart from its box
+predictions).
 
 Variants: direct, text_cot, crop (thinking with images), latent (Coconut: z_t = h_t, no reconstruction), lare, and
 the ablations lare_no_refocus (latent slots with the reconstruction objective, no refocus), lare_no_recon,
@@ -14,6 +16,7 @@ crop), and per family the chance level and a question-only baseline on the same 
 
     python bench/paradigms.py                                     # the full comparison (see the wall time it reports)
     python bench/paradigms.py --seeds 1 --rows 64 --variants ...  # a reduced run (what the test does)
+    python bench/paradigms.py --name NAME --add-ablations gold_boxes  # a finished comparison gains an ablation
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 from pathlib import Path
 
 from lare.cli import add_job_flags, main_guard, run_cli, start
-from lare.compare import VARIANTS, Comparison, analyse_only, run
+from lare.compare import VARIANTS, Comparison, add_ablations, analyse_only, run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "paradigms.json"
@@ -44,11 +47,14 @@ def parse_args(argv=None) -> tuple[Comparison, Path, bool]:
     ap.add_argument("--storage", default=str(ROOT / "runs"), help="where trials keep checkpoints and predictions")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--analyse-only", action="store_true", help="report the trials finished so far; train nothing")
+    ap.add_argument("--add-ablations", nargs="+", default=[], metavar="ABLATION",
+                    help="evaluate the finished trials again with these evaluation-time ablations (e.g. gold_boxes), "
+                         "merge them into their predictions and report; train nothing")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples per interval")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     add_job_flags(ap)
     a = ap.parse_args(argv)
-    fields = {k: v for k, v in vars(a).items() if k not in ("out", "analyse_only", "debug", "verbose")}
+    fields = {k: v for k, v in vars(a).items() if k not in ("out", "analyse_only", "add_ablations", "debug", "verbose")}
     return Comparison(**fields), a
 
 
@@ -57,7 +63,10 @@ def main(argv=None) -> dict:
     comparison, a = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # two trials at once on 2 cores: one thread each
     start(a.verbose)
-    result = analyse_only(comparison, a.out) if a.analyse_only else run(comparison, a.out, verbose=a.verbose)
+    if a.add_ablations:
+        add_ablations(comparison, a.add_ablations)
+    done = a.analyse_only or a.add_ablations
+    result = analyse_only(comparison, a.out) if done else run(comparison, a.out, verbose=a.verbose)
     print(f"wrote {a.out}")
     return result
 

@@ -48,6 +48,7 @@ class Comparison:
     storage: str = "runs"
     bootstrap: int = 2000
     lare_ablations: list[str] = field(default_factory=lambda: list(LARE_ABLATIONS))  # how lare is also evaluated
+    crop_ablations: list[str] = field(default_factory=lambda: ["gold_boxes"])  # how crop is also evaluated (an oracle)
     input_ablations: list[str] = field(default_factory=lambda: ["other_image"])  # how every variant is also evaluated
     overrides: list[str] = field(default_factory=list)
     on_change: str = "error"       # a folder of this name built from another config or backbone: "error" or "restart"
@@ -93,19 +94,11 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
         result = make_trainer(plan, dataset, controller_failure_limit=0).fit()
         train_s = time.time() - t0
         evaluation = evaluate_model(plan.export_uri, ["refocus"], traces, limit=args.eval_limit or None,
-                                    batch_size=args.eval_batch,
-                                    ablation=[*(args.lare_ablations if variant == "lare" else ["none"]), *args.input_ablations])
-        rows = [{"id": p["id"], "ablation": p["ablation"], "correct": bool(p["correct"]), "tokens": p["tokens"]}
-                for p in evaluation["predictions"]]
+                                    batch_size=args.eval_batch, ablation=trial_ablations(args, variant))
         path = Path(storage(cfg)[2]) / "predictions.json"
-        path.write_text(json.dumps(rows))
-        metrics = {"steps": result.metrics.get("step"), "train_s": round(train_s), "eval_s": round(time.time() - t0 - train_s)}
-        for r in evaluation["results"]:
-            tag = "" if r["ablation"] == "none" else f"{r['ablation']}/"
-            for split, m in r["metrics"]["by_split"].items():
-                metrics[f"{tag}{split}_acc"] = m["acc"]
-            metrics[f"{tag}tokens_total"] = r["tokens"]["total"]
-            metrics[f"{tag}tokens_inference"] = r["tokens"]["inference"]
+        path.write_text(json.dumps(prediction_rows(evaluation)))
+        metrics = {"steps": result.metrics.get("step"), "train_s": round(train_s), "eval_s": round(time.time() - t0 - train_s),
+                   **eval_metrics(evaluation)}
         if run_id:  # the test result beside the training curves
             logger = RunLogger(uri, run_id, system_metrics=False)
             logger.metrics(int(metrics["steps"] or 0), {f"eval/{k}": float(v) for k, v in metrics.items() if v is not None})
@@ -116,6 +109,55 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
         tune.report(summary)
 
     return trial
+
+
+def trial_ablations(args: Comparison, variant: str) -> list[str]:
+    """How a variant's export is evaluated: lare also with its latents and refocus ablated, crop also with the
+    trace's boxes given (the oracle), every variant also about another image."""
+    own = {"lare": args.lare_ablations, "crop": ["none", *args.crop_ablations]}.get(variant, ["none"])
+    return [*own, *args.input_ablations]
+
+
+def prediction_rows(evaluation: dict) -> list[dict]:
+    return [{"id": p["id"], "ablation": p["ablation"], "correct": bool(p["correct"]), "tokens": p["tokens"]}
+            for p in evaluation["predictions"]]
+
+
+def eval_metrics(evaluation: dict) -> dict[str, float]:
+    """Per ablation and split the accuracy, and the tokens: what a trial reports and logs beside its curves."""
+    metrics = {}
+    for r in evaluation["results"]:
+        tag = "" if r["ablation"] == "none" else f"{r['ablation']}/"
+        for split, m in r["metrics"]["by_split"].items():
+            metrics[f"{tag}{split}_acc"] = m["acc"]
+        metrics[f"{tag}tokens_total"] = r["tokens"]["total"]
+        metrics[f"{tag}tokens_inference"] = r["tokens"]["inference"]
+    return metrics
+
+
+def add_ablations(args: Comparison, ablations: list[str]) -> list[str]:
+    """Evaluate the finished trials' exports again with more evaluation-time ablations (those that apply to each
+    trial's paradigm) and merge them into their predictions, so a finished comparison gains an ablation without
+    training anything. Returns the trials re-evaluated."""
+    from lare.eval.inference import applicable
+    from lare.eval.run import evaluate_model
+
+    _, traces, _, root, _ = resolve(args)
+    done = []
+    for trial in finished_trials(root, args):
+        wanted = [a for a in ablations if applicable(a, VARIANTS[trial["variant"]][0])]
+        if not wanted:
+            continue
+        path = Path(trial["predictions"])
+        evaluation = evaluate_model(str(path.parent / "export"), ["refocus"], traces, limit=args.eval_limit or None,
+                                    batch_size=args.eval_batch, ablation=wanted)
+        rows = [r for r in json.loads(path.read_text()) if r["ablation"] not in wanted] + prediction_rows(evaluation)
+        path.write_text(json.dumps(rows))
+        trial.update(eval_metrics(evaluation))
+        (path.parent / "trial.json").write_text(json.dumps(trial))
+        done.append(f"{trial['variant']}-s{trial['seed']}: {', '.join(wanted)}")
+        print(f"re-evaluated {done[-1]}", flush=True)
+    return done
 
 
 def row_index(traces: str) -> dict[str, dict]:
@@ -193,6 +235,11 @@ def analyse(trials: list[dict], index: dict[str, dict], n_boot: int) -> dict:
                 continue
             diffs[f"lare - {other}"] = {g: paired_diff_ci(matrix("lare", m), matrix(other, m), n_boot)
                                         for g, m in groups.items() if m}
+    for key in [k for k in table if "[" in k and not k.startswith("lare[") and not k.endswith("[other_image]")]:
+        plain = key.split("[")[0]  # an oracle or ablation of a baseline against the baseline as it is
+        if plain in table and len(by_key[plain]) == len(by_key[key]):
+            diffs[f"{key} - {plain}"] = {g: paired_diff_ci(matrix(key, m), matrix(plain, m), n_boot)
+                                         for g, m in groups.items() if m}
     for key in [k for k in table if f"{k}[other_image]" in table]:  # how much each variant looks at its image
         diffs[f"{key} - {key}[other_image]"] = {g: paired_diff_ci(matrix(key, m), matrix(f"{key}[other_image]", m), n_boot)
                                                 for g, m in groups.items() if m}
@@ -303,7 +350,8 @@ def fingerprint(args: Comparison, base) -> dict:
     for f in sorted(Path(folder).glob("model*.safetensors")):  # none for a preset built from random weights
         with f.open("rb") as fh:
             weights[f.name] = f"{f.stat().st_size}:{hashlib.sha256(fh.read(1 << 20)).hexdigest()[:16]}"
-    budget = {k: getattr(args, k) for k in ("rows", "epochs_per_stage", "eval_limit", "lare_ablations", "input_ablations")}
+    budget = {k: getattr(args, k) for k in ("rows", "epochs_per_stage", "eval_limit", "lare_ablations", "crop_ablations",
+                                            "input_ablations")}
     return {"config": json.loads(json.dumps(base.to_dict(), default=str)), "budget": budget, "backbone_weights": weights}
 
 

@@ -262,7 +262,7 @@ class ModelPredictor:
     def __call__(self, batch: dict) -> dict[str, list]:
         import torch
 
-        from lare.batch import build_batch, example_from_record
+        from lare.batch import Step, build_batch, example_from_record
 
         model, cfg = self.model, self.model.cfg
         n = len(batch["id"])
@@ -283,6 +283,11 @@ class ModelPredictor:
                            zip(examples, other_images([ex.image for ex in examples]))]
                 gen = model(build_batch(swapped, model.processor, cfg, prompt_only=True).to(self.device),
                             mode="generate", max_new_tokens=self.max_new_tokens)
+            elif ablation == "gold_boxes":  # the same prompt; the trace's boxes ride along for the oracle to write
+                gold = [dataclasses.replace(ex, steps=[Step("", box) for box in boxes])
+                        for ex, boxes in zip(examples, _step_boxes(batch, n))]
+                gen = model(dataclasses.replace(prompt, examples=gold), mode="generate", ablation=ablation,
+                            max_new_tokens=self.max_new_tokens)
             else:
                 gen = model(prompt, mode="generate", ablation=ablation, max_new_tokens=self.max_new_tokens)
             if self.device.type == "cuda":
@@ -322,6 +327,21 @@ class ModelPredictor:
             strip = (img.permute(2, 0, 3, 1).reshape(img.shape[2], -1, 3) * 255).round().byte().cpu().numpy()
             strips.append(_png(strip))
         return strips
+
+
+def _step_boxes(batch: dict, n: int) -> list[list]:
+    """Per row, the boxes of its trace's steps (EvalItem.meta["step_boxes"], kept by the refocus reader)."""
+    metas = batch.get("meta")
+    if metas is None:
+        raise ValueError("the gold_boxes ablation needs the items' meta (their trace's step boxes)")
+    out = []
+    for i in range(n):
+        boxes = json.loads(str(metas[i]) or "{}").get("step_boxes")
+        if boxes is None:
+            raise ValueError(f"item {batch['id'][i]}: no step boxes in its meta: the gold_boxes ablation needs a "
+                             f"benchmark read from traces (refocus)")
+        out.append([b for b in boxes if b is not None])
+    return out
 
 
 def _plain(value):
@@ -384,7 +404,8 @@ def run_inference(model, items: list[EvalItem], *, ablations: Sequence[str] = ("
 
             for i in tqdm(range(0, len(records), batch_size), desc="evaluate", unit="batch", disable=None):
                 chunk = records[i:i + batch_size]
-                out = predictor({k: [r[k] for r in chunk] for k in ("benchmark", "id", "image", "question", "choices", "answer")})
+                out = predictor({k: [r[k] for r in chunk]
+                                 for k in ("benchmark", "id", "image", "question", "choices", "answer", "meta")})
                 rows += [dict(zip(out, values)) for values in zip(*out.values())]
         finally:
             if uri is None:

@@ -445,7 +445,8 @@ def _read_refocus(root: Path) -> list[EvalItem]:
             image = _read_uri(row["image_uri"], at)
         if not image:
             raise BenchmarkFileError(f"{at}: neither column 'image' nor 'image_uri' holds the image")
-        meta.update(split=text(row.get("split")) or Path(row["_file"]).parent.name, family=meta.get("family", "unknown"))
+        meta.update(split=text(row.get("split")) or Path(row["_file"]).parent.name, family=meta.get("family", "unknown"),
+                    step_boxes=[(st or {}).get("bbox") for st in row.get("steps") or []])  # for the gold_boxes oracle
         if choices:
             meta["answer_letter"] = LETTERS[choices.index(answer)]
         items.append(EvalItem("refocus", str(row.get("id") or f"refocus/{n}"), text(row.get("question")), choices,

@@ -29,7 +29,7 @@ from PIL import Image
 from lare.batch import Batch
 from lare.config import LATENT_PARADIGMS
 from lare.model.sequence import Prompt, embed, encode_pixels, rope_positions
-from lare.processor import parse_box
+from lare.processor import format_box, parse_box
 
 TOKEN_KEYS = ("visual", "prompt_text", "latent", "generated", "crop_visual", "total")
 
@@ -161,7 +161,14 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
                 finished[b] = True
                 continue
             feeds[b] = [tok]
-            if tok == p.box_start_id:
+            gold = _gold_box(batch.examples[b], len(boxes[b])) if ablation == "gold_boxes" else None
+            if tok == p.box_start_id and gold is not None:  # the oracle writes the box and closes it
+                written = p.encode(format_box(gold)) + [p.box_end_id]
+                out_ids[b] += written
+                feeds[b] += written
+                account["generated"][b] += len(written)
+                tok = p.box_end_id
+            elif tok == p.box_start_id:
                 open_box[b] = ""
             elif tok == p.box_end_id:
                 open_box[b] = None
@@ -196,6 +203,12 @@ def _all_done(done: bool, distributed: bool, device) -> bool:
     flag = torch.tensor([1 if done else 0], device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def _gold_box(example, k: int) -> list[float] | None:
+    """The trace's box of the k-th box-bearing step, None when the trace has no more boxes."""
+    boxes = [st.box for st in example.steps if st.box is not None]
+    return boxes[k] if k < len(boxes) else None
 
 
 def _last_box(ids: list[int], p) -> list[float] | None:

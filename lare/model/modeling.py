@@ -39,12 +39,15 @@ from lare.model.sequence import LatentRun, Prompt, VisualContext
 from lare.processor import LaReProcessor
 
 # Evaluation-time ablations, and the paradigms each means something for: without latents there is nothing to zero,
-# and only lare has a refocus to make uniform or to shuffle.
+# and only lare has a refocus to make uniform or to shuffle. gold_boxes is an oracle for crop: each box it opens is
+# written as the trace's box of that step and the crop is cut there, so crop's accuracy can be told apart from how
+# well it predicts boxes (the examples carry the gold boxes as their steps).
 ABLATIONS = {
     "none": PARADIGMS,
     "zero_latents": LATENT_PARADIGMS,
     "uniform_refocus": ("lare",),
     "shuffle_refocus": ("lare",),
+    "gold_boxes": ("crop",),
 }
 
 

@@ -26,7 +26,7 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     assert "| lare (seeds 1) |" in out.with_suffix(".md").read_text()
     table = result["analysis"]["table"]
     assert {"crop", "lare", "lare[zero_latents]", "lare[shuffle_refocus]", "lare[uniform_refocus]",
-            "crop[other_image]", "lare[other_image]"} == set(table)
+            "crop[gold_boxes]", "crop[other_image]", "lare[other_image]"} == set(table)
     assert result["analysis"]["rows_evaluated"] == 12 and not result["failed_trials"]
     for row in table.values():
         ov = row["overall"]
@@ -38,6 +38,9 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     looks = result["analysis"]["paired"]["crop - crop[other_image]"]["overall"]
     assert looks["diff"] == pytest.approx(table["crop"]["overall"]["acc"] - table["crop[other_image]"]["overall"]["acc"])
     assert "lare - crop[other_image]" not in result["analysis"]["paired"]
+    # the crop oracle (the trace's boxes cropped) against crop as it is
+    oracle = result["analysis"]["paired"]["crop[gold_boxes] - crop"]["overall"]
+    assert oracle["diff"] == pytest.approx(table["crop[gold_boxes]"]["overall"]["acc"] - table["crop"]["overall"]["acc"])
     head = result["headline"]
     # inference tokens: lare spends latent positions, crop re-encodes regions (both generate the answer)
     assert head["lare_tokens_over_crop"] == pytest.approx(table["lare"]["tokens_inference"] / table["crop"]["tokens_inference"])
@@ -63,3 +66,11 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     # The report of a comparison in progress reads the finished trials from disk and trains nothing.
     only = paradigms.main([*args, "--analyse-only"])
     assert only["analysis"]["table"]["crop"]["overall"] == table["crop"]["overall"]
+    # A finished comparison gains an evaluation-time ablation without training: the trials' predictions are
+    # re-evaluated and merged (replaced, not duplicated), and the report reads them.
+    predictions = json.loads(next((tmp_path / "runs").glob("paradigms/trials/paradigms-crop-s0/predictions.json")).read_text())
+    more = paradigms.main([*args, "--add-ablations", "gold_boxes", "zero_latents"])
+    after = json.loads(next((tmp_path / "runs").glob("paradigms/trials/paradigms-crop-s0/predictions.json")).read_text())
+    assert sorted(map(json.dumps, after)) == sorted(map(json.dumps, predictions))
+    assert more["analysis"]["table"]["crop[gold_boxes]"]["overall"] == table["crop[gold_boxes]"]["overall"]
+    assert {(t["variant"], t["steps"]) for t in more["trials"]} == {(t["variant"], t["steps"]) for t in result["trials"]}

@@ -234,6 +234,39 @@ def test_crop_generation_reencodes_the_predicted_box_and_counts_it():
     assert gen.answers == ["red"]
 
 
+def test_crop_with_gold_boxes_writes_and_crops_the_trace_box_wherever_the_model_would_have_looked():
+    # The oracle: the model opens a box, the trace's box is written for it and cut out; the model goes on after it.
+    model, cfg = build("tiny-qwen2.5-vl", "crop")
+    p = model.processor
+    steps = [{"text": "Find it.", "bbox": [0.25, 0.25, 0.75, 0.75]}]
+    ex = examples([record("c", 56, 56, question="Hi?", steps=steps)])
+    script = [*p.encode("Find it. "), p.box_start_id, *p.encode("\nAnswer: red"), p.im_end_id]
+    script_outputs(model, script)
+    gen = model(build_batch(ex, p, cfg, prompt_only=True), mode="generate", max_new_tokens=40, ablation="gold_boxes")
+    written = p.encode("(250,250),(750,750)") + [p.box_end_id]
+    assert gen.boxes == [[[0.25, 0.25, 0.75, 0.75]]] and "<|box_start|>(250,250),(750,750)<|box_end|>" in gen.texts[0]
+    assert gen.tokens[0]["crop_visual"] == 18 and gen.tokens[0]["generated"] == len(script) + len(written)
+    assert gen.answers == ["red"]
+
+
+def test_evaluation_with_gold_boxes_hands_each_item_its_trace_boxes():
+    import json
+
+    from lare.eval.inference import run_inference
+    from lare.eval.readers import EvalItem
+    from tests.helpers import png_bytes
+
+    model, cfg = build("tiny-qwen2.5-vl", "crop")
+    p = model.processor
+    script_outputs(model, [p.box_start_id, *p.encode("\nAnswer: red"), p.im_end_id])
+    item = EvalItem("refocus", "i0", "Hi?", [], "red", png_bytes(56, 56), {"step_boxes": [[0.5, 0.0, 1.0, 0.5], None]})
+    (row,) = run_inference(model, [item], ablations=["gold_boxes"], use_ray=False)
+    assert json.loads(row["boxes"]) == [[0.5, 0.0, 1.0, 0.5]] and row["answer"] == "red"
+    with pytest.raises(ValueError, match="no step boxes in its meta"):
+        run_inference(model, [EvalItem("pope", "p0", "Hi?", [], "yes", png_bytes(56, 56))], ablations=["gold_boxes"],
+                      use_ray=False)
+
+
 def test_crop_generation_when_one_row_crops_and_another_has_finished():
     # The appended chunk then has an empty row: its positions must not go through the rope helper.
     model, cfg = build("tiny-qwen2.5-vl", "crop")

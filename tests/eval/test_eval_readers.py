@@ -269,6 +269,8 @@ def test_refocus_reads_test_and_hard_keeps_family_and_drops_other_sources(tmp_pa
     assert items["r-exi"].meta["pope_type"] == "adversarial" and items["r-exi"].meta["family"] == "existence"
     assert items["h-cnt"].meta["split"] == "hard" and items["r-cnt"].meta["split"] == "test"
     assert "objects" not in items["r-att"].meta
+    # the trace's boxes stay, for the crop oracle (the gold_boxes ablation)
+    assert [[round(v, 4) for v in b] for b in items["r-att"].meta["step_boxes"]] == [[0.1, 0.1, 0.5, 0.5]]
     assert items["r-att"].image == RED
     assert len(read_benchmark("refocus", tmp_path / "refocus" / "hard")) == 2  # a folder of one split
     assert [it.id for it in read_benchmark("refocus", tmp_path, limit=1)] == ["r-cnt", "h-cnt"]
