@@ -138,3 +138,20 @@ def test_run_plan_is_validated_once_and_derives_the_schedule():
         RunPlan(cfg, steps_per_epoch=0, experiment_uri="runs/x")
     with pytest.raises(ValueError, match="mlflow_uri and mlflow_run_id"):
         RunPlan(cfg, steps_per_epoch=1, experiment_uri="runs/x", mlflow_uri="sqlite:///m.db")
+
+
+def test_the_trainer_keeps_the_row_order_in_a_process_that_never_set_it():
+    # A Tune trial builds its trainer from a dataset the driver prepared: its own DataContext has preserve_order
+    # off, and Ray Train applies that process's options to the split.
+    import ray
+
+    from lare.train.launch import ingest_options
+
+    options = ray.data.DataContext.get_current().execution_options
+    before = options.preserve_order
+    options.preserve_order = False
+    try:
+        assert ingest_options().preserve_order is True
+        assert options.preserve_order is False  # the process's own context is left as it was
+    finally:
+        options.preserve_order = before
