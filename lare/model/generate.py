@@ -161,8 +161,9 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
                 finished[b] = True
                 continue
             feeds[b] = [tok]
-            gold = _gold_box(batch.examples[b], len(boxes[b])) if ablation == "gold_boxes" else None
-            if tok == p.box_start_id and gold is not None:  # the oracle writes the box and closes it
+            gold = (_gold_box(batch.examples[b], len(boxes[b]))
+                    if tok == p.box_start_id and ablation == "gold_boxes" else None)
+            if gold is not None:  # the oracle writes the box and closes it
                 written = p.encode(format_box(gold)) + [p.box_end_id]
                 out_ids[b] += written
                 feeds[b] += written

@@ -7,7 +7,6 @@ import logging
 import math
 from collections.abc import Iterator
 
-import ray
 import ray.data
 
 from lare.batch import Batch, Example, TraceError, build_batch, example_from_record
@@ -31,9 +30,6 @@ def training_dataset(cfg: Config) -> tuple[ray.data.Dataset, int]:
     """(the training rows, their count). data.mixture {traces: weight} mixes sources: a weight w takes
     w x that source's rows per epoch (w < 1 a seeded sample, w >= 1 repeats)."""
     d = cfg.data
-    # Deterministic order: with preserve_order Ray Data's split hands blocks to workers in a fixed way,
-    # so a resumed run sees exactly the batches an uninterrupted one would.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     sources = d.mixture or {d.traces_dir: 1.0}
     parts, rows = [], 0
     for traces, weight in sources.items():
