@@ -29,6 +29,7 @@ VARIANTS = {
 }
 LARE_ABLATIONS = ["none", "zero_latents", "shuffle_refocus", "uniform_refocus"]  # evaluation-time, of `lare` only
 SPLITS = ("test", "hard")
+GROUNDING_KEYS = ("box_iou", "box_hit", "focus_in_box", "focus_chance")  # lare.eval.grounding, logged per trial
 
 
 @dataclass
@@ -119,8 +120,8 @@ def trial_ablations(args: Comparison, variant: str) -> list[str]:
 
 
 def prediction_rows(evaluation: dict) -> list[dict]:
-    return [{"id": p["id"], "ablation": p["ablation"], "correct": bool(p["correct"]), "tokens": p["tokens"]}
-            for p in evaluation["predictions"]]
+    return [{"id": p["id"], "ablation": p["ablation"], "correct": bool(p["correct"]), "tokens": p["tokens"],
+             "grounding": p.get("grounding")} for p in evaluation["predictions"]]
 
 
 def eval_metrics(evaluation: dict) -> dict[str, float]:
@@ -132,6 +133,8 @@ def eval_metrics(evaluation: dict) -> dict[str, float]:
             metrics[f"{tag}{split}_acc"] = m["acc"]
         metrics[f"{tag}tokens_total"] = r["tokens"]["total"]
         metrics[f"{tag}tokens_inference"] = r["tokens"]["inference"]
+        metrics.update({f"{tag}{k}": v for k, v in r.get("grounding", {}).items()
+                        if k in GROUNDING_KEYS and v == v})  # NaN: the paradigm neither writes boxes nor refocuses
     return metrics
 
 
@@ -217,6 +220,7 @@ def analyse(trials: list[dict], index: dict[str, dict], n_boot: int) -> dict:
         per_seed = by_key[key]
         return np.array([[per_seed[s][i]["correct"] for i in group] for s in seeds if s in per_seed], dtype=float)
 
+    from lare.eval.grounding import mean_grounding
     from lare.eval.report import INFERENCE_KEYS
 
     table, evaluated = {}, set(ids)
@@ -227,6 +231,9 @@ def analyse(trials: list[dict], index: dict[str, dict], n_boot: int) -> dict:
         inference = np.mean([sum(r["tokens"][k] for k in INFERENCE_KEYS) for r in rows])
         table[key] = {"seeds": len(by_key[key]), "complete": complete, "tokens_total": float(total),
                       "tokens_inference": float(inference),
+                      "grounding": {g: mean_grounding([per_seed[i].get("grounding") for per_seed in by_key[key].values()
+                                                       for i in members])
+                                    for g, members in groups.items() if members},
                       **{g: bootstrap_ci(matrix(key, members), n_boot) for g, members in groups.items() if members}}
     diffs = {}
     if "lare" in table:
@@ -263,7 +270,7 @@ def headline(analysis: dict) -> dict:
 def print_report(result: dict) -> None:
     a = result["analysis"]
     print(f"paradigms on refocus v2: seeds {a['seeds']}, {a['rows_evaluated']} rows evaluated per run, "
-          f"wall {result['wall_s'] / 60:.1f} min")
+          + (f"grid wall {result['wall_s'] / 60:.1f} min" if result["wall_s"] is not None else "grid wall not recorded"))
     groups = ["overall", "split:test", "split:hard", *a["families"]]
     print(f"{'variant':<30}" + "".join(f"{g.replace('split:', ''):>19}" for g in groups) + f"{'total tok':>10}{'infer tok':>10}")
     base = result["baselines_by_family"]
@@ -274,8 +281,31 @@ def print_report(result: dict) -> None:
         print(f"{key:<30}{cells}{r['tokens_total']:>10.1f}{r['tokens_inference']:>10.1f}")
     for key, d in a["paired"].items():
         print(f"{key:<30}" + "".join(f"{_ci(d.get(g), 'diff'):>19}" for g in groups))
+    print("where each variant looked (box IoU of the boxes it wrote; lare: % of the refocus map on the step's box, "
+          "uniform map's % in brackets):")
+    for key, text in _grounding_cells(a, groups).items():
+        print(f"{key:<30}" + "".join(f"{c:>19}" for c in text))
     for key, value in result["headline"].items():
         print(f"{key}: {value}")
+
+
+def _grounding_cells(a: dict, groups: list[str]) -> dict[str, list[str]]:
+    """Per variant that writes boxes or refocuses, one cell per group: box IoU, or focus in box % (chance %)."""
+    out = {}
+    for key, r in a["table"].items():
+        per = r.get("grounding", {})
+        cells = []
+        for g in groups:
+            m = per.get(g)
+            if m and m["box_iou"] == m["box_iou"]:
+                cells.append(f"IoU {m['box_iou']:.2f}")
+            elif m and m["focus_in_box"] == m["focus_in_box"]:
+                cells.append(f"{m['focus_in_box']:.1f} ({m['focus_chance']:.1f})")
+            else:
+                cells.append("-")
+        if any(c != "-" for c in cells):
+            out[key] = cells
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -293,7 +323,11 @@ def markdown(result: dict) -> str:
     diffs = [head.replace("| total tok | inference tok |", "|"), "|" + "---|" * (len(groups) + 1)]
     for key, d in a["paired"].items():
         diffs.append(f"| {key} | " + " | ".join(_ci(d.get(g), "diff") for g in groups) + " |")
-    return "\n".join(rows) + "\n\nPaired differences (points; same rows, same seeds):\n\n" + "\n".join(diffs) + "\n"
+    looked = [head.replace("| total tok | inference tok |", "|"), "|" + "---|" * (len(groups) + 1)]
+    looked += [f"| {key} | " + " | ".join(cells) + " |" for key, cells in _grounding_cells(a, groups).items()]
+    return ("\n".join(rows) + "\n\nPaired differences (points; same rows, same seeds):\n\n" + "\n".join(diffs)
+            + "\n\nWhere each variant looked against the traces' boxes (box IoU of the boxes it wrote, in order; lare: % of "
+            "each latent slot's refocus map on its step's box, a uniform map's % in brackets):\n\n" + "\n".join(looked) + "\n")
 
 
 def printed_numbers(result: dict) -> dict[str, float]:
@@ -304,8 +338,10 @@ def printed_numbers(result: dict) -> dict[str, float]:
     for key, row in result["analysis"]["table"].items():
         out[f"{key}/tokens_total"], out[f"{key}/tokens_inference"] = row["tokens_total"], row["tokens_inference"]
         for group, ci in row.items():
-            if isinstance(ci, dict):
+            if isinstance(ci, dict) and group != "grounding":
                 out.update({f"{key}/{group}/{k}": ci[k] for k in ("acc", "lo", "hi")})
+        for group, g in row.get("grounding", {}).items():
+            out.update({f"{key}/{group}/{k}": g[k] for k in GROUNDING_KEYS if g[k] == g[k]})
     for key, groups in result["analysis"]["paired"].items():
         for group, d in groups.items():
             out.update({f"{key}/{group}/{k}": d[k] for k in ("diff", "lo", "hi")})
@@ -404,7 +440,19 @@ def run(args: Comparison, out: Path | None = None, verbose: bool = False) -> dic
                                                          verbose=1 if verbose else 0))  # the bars say it
         results = tuner.fit()
     failed = [str(r.error)[:300] for r in results if r.error]
-    return report(args, finished_trials(root, args), traces, overrides, num_rows, failed, uri, parent, out, t0)
+    return report(args, finished_trials(root, args), traces, overrides, num_rows, failed, uri, parent, out,
+                  grid_wall_s(root, time.time() - t0))
+
+
+def grid_wall_s(root: str, spent: float | None = None) -> float | None:
+    """The wall time the grid has taken over all its runs (a resumed grid adds to it), kept beside it so that a
+    later --analyse-only or --add-ablations report still says how long the comparison took."""
+    path = Path(root, "grid_wall_s.json")
+    total = json.loads(path.read_text())["wall_s"] if path.exists() else None
+    if spent is not None:
+        total = (total or 0.0) + spent
+        path.write_text(json.dumps({"wall_s": round(total)}))
+    return total
 
 
 def finished_trials(root: str, args: Comparison) -> list[dict]:
@@ -419,15 +467,17 @@ def finished_trials(root: str, args: Comparison) -> list[dict]:
 
 
 def report(args: Comparison, trials: list[dict], traces: str, overrides: list[str], num_rows: int, failed: list[str],
-           uri: str, parent: str, out: Path | None, t0: float) -> dict:
-    """Analyse the finished trials, print the table, write it to `out` and to the MLflow parent run."""
+           uri: str, parent: str, out: Path | None, wall_s: float | None) -> dict:
+    """Analyse the finished trials, print the table, write it to `out` and to the MLflow parent run.
+    wall_s: what the grid took (None when no run of it recorded that)."""
     from lare.tracking import RunLogger
 
     index = row_index(traces)
     analysis = analyse(trials, index, args.bootstrap)
     result = {"config": str(args.config),
               "overrides": overrides, "seeds": args.seeds, "train_rows": num_rows,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_s": round(time.time() - t0),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "wall_s": round(wall_s) if wall_s is not None else None,
               "trials": [{k: v for k, v in t.items() if k in ("variant", "seed", "steps", "train_s", "eval_s")
                           or k.endswith(("_acc", "tokens_total", "tokens_inference"))} for t in trials],
               "failed_trials": failed, "baselines_by_family": question_only(traces, index), "analysis": analysis,
@@ -452,8 +502,7 @@ def analyse_only(args: Comparison, out: Path | None = None) -> dict:
     """The report of what has finished so far, without training anything (a running or stopped comparison)."""
     from lare.storage import read_text
 
-    t0 = time.time()
     base, traces, overrides, root, uri = resolve(args)
     parent = (read_text(f"{root}/mlflow_parent_run_id") or "").strip() if uri else ""
     return report(args, finished_trials(root, args), traces, overrides, base.data.num_train_samples, [], uri, parent,
-                  out, t0)
+                  out, grid_wall_s(root))

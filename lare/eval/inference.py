@@ -11,7 +11,8 @@ One callable class, `ModelPredictor`, serves both ways of running:
 Per input row and ablation the predictor returns one row: the generated text, the answer extracted from it, the
 token account of `lare.model.generate` (one column per bucket), the latency per sample (the batch's generation
 wall time divided by its rows), and for the few rows asked for heatmaps the refocus maps and, when the model has a
-pixel decoder, the regions its latents render. Crop models also return the boxes they re-encoded.
+pixel decoder, the regions its latents render. Models that write boxes return them (crop re-encoded each), and
+every row of a benchmark read from traces says where it looked against its trace's boxes (lare.eval.grounding).
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from lare.eval.grounding import final_slot_steps, focus_in_box, written_boxes
 from lare.eval.readers import EvalItem
 from lare.model import ABLATIONS, TOKEN_KEYS
 from lare.storage import is_remote, redact, resolve
 
 TOKEN_COLUMNS = tuple(f"tok_{k}" for k in TOKEN_KEYS)
-COLUMNS = ("benchmark", "id", "ablation", "text", "answer", *TOKEN_COLUMNS, "latency_s", "boxes", "refocus", "regions")
+COLUMNS = ("benchmark", "id", "ablation", "text", "answer", *TOKEN_COLUMNS, "latency_s", "boxes", "grounding", "refocus",
+           "regions")
 
 # Ablations of the input rather than of the model: `other_image` answers each question about another row's image
 # (the batch's images rotated by one; a lone row gets a blank grey image). Whatever a paradigm still gets right then,
 # it got from the question alone: accuracy minus this is how much it looks.
 INPUT_ABLATIONS = ("other_image",)
+BOX_WRITERS = ("text_cot", "crop")  # paradigms whose reasoning writes each step's box as text
 
 
 def applicable(ablation: str, paradigm: str) -> bool:
@@ -274,6 +278,7 @@ class ModelPredictor:
             examples.append(example_from_record(rec, cfg.data.max_steps, source=keys[i][0]))
         prompt = build_batch(examples, model.processor, cfg, prompt_only=True).to(self.device)
         wanted = [k in self.heatmap_keys for k in keys]
+        trace_boxes = _trace_boxes(batch, n)
 
         out: dict[str, list] = {c: [] for c in COLUMNS}
         for ablation in self.ablations:
@@ -303,13 +308,26 @@ class ModelPredictor:
                 for key, col in zip(TOKEN_KEYS, TOKEN_COLUMNS):
                     out[col].append(int(gen.tokens[b][key]))
                 out["latency_s"].append(latency)
-                out["boxes"].append(json.dumps(gen.boxes[b]))  # crop: the boxes the model re-encoded
+                out["boxes"].append(json.dumps(gen.boxes[b]))  # text_cot, crop: the boxes the model wrote
                 maps = gen.refocus[b]
+                out["grounding"].append(json.dumps(self._grounding(trace_boxes[b], gen.boxes[b], maps)))
                 # Refocus maps as JSON text ([steps][rows][cols]): ragged across samples, tiny, and a plain
                 # string column travels through Arrow without surprises.
                 out["refocus"].append(json.dumps(maps.tolist()) if wanted[b] and maps is not None else "")
                 out["regions"].append(regions[b] if wanted[b] and regions is not None else b"")
         return out
+
+    def _grounding(self, gold: list | None, written: list, maps) -> dict | None:
+        """Where this answer looked against its trace's boxes (lare.eval.grounding); None without boxes."""
+        if not gold:
+            return None
+        if maps is not None:
+            m = self.model.cfg.method
+            return focus_in_box(maps, gold, final_slot_steps(len(gold), m.latent_steps, m.latents_per_step,
+                                                             m.adaptive_stop))
+        if self.model.paradigm in BOX_WRITERS:
+            return written_boxes(written, gold)
+        return None
 
     def _regions(self, latents) -> list[bytes]:
         """Per sample, the pixel decoder's rendering of each latent step, side by side in one PNG strip
@@ -327,6 +345,14 @@ class ModelPredictor:
             strip = (img.permute(2, 0, 3, 1).reshape(img.shape[2], -1, 3) * 255).round().byte().cpu().numpy()
             strips.append(_png(strip))
         return strips
+
+
+def _trace_boxes(batch: dict, n: int) -> list[list | None]:
+    """Per row, its trace's step boxes (None where a step has none); None for a row read without them."""
+    metas = batch.get("meta")
+    if metas is None:
+        return [None] * n
+    return [json.loads(str(metas[i]) or "{}").get("step_boxes") for i in range(n)]
 
 
 def _step_boxes(batch: dict, n: int) -> list[list]:

@@ -4,7 +4,8 @@ One results row per model x ablation x benchmark:
 
     model, paradigm, ablation, benchmark, protocol, primary, accuracy (= metrics[primary]), n, missing, unparsed,
     tokens {visual, prompt_text, latent, generated, crop_visual, total, inference}, latency_s, metrics (the full
-    scoring dict of lare.eval.scoring)
+    scoring dict of lare.eval.scoring), grounding {box_iou, box_hit, focus_in_box, focus_chance, rows}: where the
+    answers looked against their traces' boxes (lare.eval.grounding; NaN where it does not apply)
 
 `inference` tokens are the positions a paradigm adds after the prompt (latent + generated + crop_visual): the
 prompt is the same for every paradigm, so this is where they differ, and what the paper's "inference tokens" count.
@@ -18,6 +19,7 @@ import json
 import math
 from pathlib import Path
 
+from lare.eval.grounding import mean_grounding
 from lare.eval.readers import EvalItem
 from lare.eval.scoring import PROTOCOLS, flatten_metrics, item_results, score
 from lare.model import TOKEN_KEYS
@@ -25,7 +27,7 @@ from lare.model import TOKEN_KEYS
 TOKEN_SUMMARY = (*TOKEN_KEYS, "inference")
 INFERENCE_KEYS = ("latent", "generated", "crop_visual")  # what a paradigm spends beyond the shared prompt
 TABLE_COLUMNS = ("benchmark", "model", "paradigm", "ablation", "primary", "accuracy", "n", "missing", "unparsed",
-                 *(f"tokens_{k}" for k in TOKEN_SUMMARY), "latency_ms")
+                 *(f"tokens_{k}" for k in TOKEN_SUMMARY), "latency_ms", "box_iou", "focus_in_box", "focus_chance")
 
 
 def _mean(values: list[float]) -> float:
@@ -52,7 +54,8 @@ def summarize(label: str, paradigm: str, items_by_bench: dict[str, list[EvalItem
                 "model": label, "paradigm": paradigm, "ablation": ablation, "benchmark": bench,
                 "protocol": metrics["protocol"], "primary": metrics["primary"], "accuracy": metrics[metrics["primary"]],
                 "n": metrics["n"], "missing": metrics["missing"], "unparsed": metrics["unparsed"],
-                "tokens": tokens, "latency_s": _mean([r["latency_s"] for r in answered]), "metrics": metrics})
+                "tokens": tokens, "latency_s": _mean([r["latency_s"] for r in answered]), "metrics": metrics,
+                "grounding": mean_grounding([_grounding(r) for r in answered])})
             for it, judged in zip(items, item_results(items, texts)):
                 r = got.get(it.id)
                 predictions.append({
@@ -62,8 +65,14 @@ def summarize(label: str, paradigm: str, items_by_bench: dict[str, list[EvalItem
                     "parsed": judged["parsed"], "correct": judged["correct"],
                     "tokens": {k: r[f"tok_{k}"] for k in TOKEN_KEYS} if r else None,
                     "crop_boxes": json.loads(r["boxes"]) if r else None,
+                    "grounding": _grounding(r) if r else None,
                     "latency_s": r["latency_s"] if r else None})
     return results, predictions
+
+
+def _grounding(row: dict) -> dict | None:
+    text = row.get("grounding") or ""
+    return json.loads(text) if text else None
 
 
 def table_rows(results: list[dict]) -> list[dict]:
@@ -74,6 +83,7 @@ def table_rows(results: list[dict]) -> list[dict]:
                                  "unparsed")}
         row.update({f"tokens_{k}": r["tokens"][k] for k in TOKEN_SUMMARY})
         row["latency_ms"] = 1000 * r["latency_s"]
+        row.update({k: r["grounding"][k] for k in ("box_iou", "focus_in_box", "focus_chance")})
         out.append(row)
     return out
 
@@ -88,14 +98,18 @@ def markdown(results: list[dict], models: list[dict]) -> str:
     lines = ["# Evaluation results", "",
              "Accuracy is the benchmark's headline metric (`primary`), in %. Tokens are means per answer; "
              "`inference` = latent + generated + crop_visual (what a paradigm adds after the prompt). "
-             "Latency is generation wall time per sample (batch time / batch rows).", ""]
+             "Latency is generation wall time per sample (batch time / batch rows). Box IoU: the boxes a model wrote "
+             "against its traces' boxes; focus in box: the share of lare's refocus maps on the trace's box, against "
+             "a uniform map's share (chance).", ""]
     head = ["benchmark", "model", "paradigm", "ablation", "metric", "accuracy", "n", "unparsed", "tokens total",
-            "visual", "prompt", "latent", "generated", "crop", "inference", "ms/sample"]
+            "visual", "prompt", "latent", "generated", "crop", "inference", "ms/sample", "box IoU", "focus in box %",
+            "(chance %)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table_rows(results):
         cells = [r["benchmark"], r["model"], r["paradigm"], r["ablation"], r["primary"], r["accuracy"], r["n"],
                  r["unparsed"], r["tokens_total"], r["tokens_visual"], r["tokens_prompt_text"], r["tokens_latent"],
-                 r["tokens_generated"], r["tokens_crop_visual"], r["tokens_inference"], r["latency_ms"]]
+                 r["tokens_generated"], r["tokens_crop_visual"], r["tokens_inference"], r["latency_ms"],
+                 "–" if math.isnan(r["box_iou"]) else f"{r['box_iou']:.2f}", r["focus_in_box"], r["focus_chance"]]
         lines.append("| " + " | ".join(_fmt(c).replace("|", "\\|") for c in cells) + " |")
     lines += ["", "## Models", ""]
     for m in models:
@@ -151,6 +165,7 @@ def mlflow_metrics(results: list[dict], prefix_model: bool) -> dict[str, float]:
         base += f"{r['ablation']}/{r['benchmark']}"
         values = {"accuracy": r["accuracy"], "latency_ms": 1000 * r["latency_s"],
                   **{f"tokens_{k}": v for k, v in r["tokens"].items()},
+                  **{f"grounding_{k}": v for k, v in r["grounding"].items() if k != "rows"},
                   **{f"score/{k}": v for k, v in flatten_metrics(r["metrics"]).items()}}
         for k, v in values.items():
             if v is not None and not (isinstance(v, float) and math.isnan(v)):

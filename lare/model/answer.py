@@ -35,7 +35,7 @@ class Answer:
     tokens: dict[str, int]             # the token account (lare.model.TOKEN_KEYS)
     latency_s: float                   # this sample's share of its batch's generation time
     refocus: list[RefocusStep] = field(default_factory=list)  # lare: one per latent step
-    boxes: list[list[float]] = field(default_factory=list)    # crop: the regions it re-encoded
+    boxes: list[list[float]] = field(default_factory=list)    # the boxes it wrote (text_cot, crop; crop re-encoded each)
 
     def to_dict(self) -> dict:
         return asdict(self)

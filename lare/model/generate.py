@@ -41,7 +41,7 @@ class Generation:
     answers: list[str]                     # the answer extracted from it
     tokens: list[dict[str, int]]           # the token account, TOKEN_KEYS
     refocus: list[torch.Tensor | None]     # lare: [latent steps, grid rows, grid cols] attention per sample
-    boxes: list[list[list[float]]]         # crop: the boxes re-encoded, per sample
+    boxes: list[list[list[float]]]         # text_cot, crop: the boxes written, per sample (crop re-encoded each)
     latents: list[torch.Tensor | None] | None = None  # latent/lare: [steps used, D] the z_t fed back, per sample
 
 
@@ -175,13 +175,12 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
                 open_box[b] = None
             elif open_box[b] is not None:
                 open_box[b] += p.decode([tok])
-            if model.paradigm == "crop" and tok == p.box_end_id:
-                box = _last_box(out_ids[b], p)
-                if box is not None:
-                    example = batch.examples[b]
-                    pv, grid = p.encode_crop(example.image, box)
+            box = _last_box(out_ids[b], p) if tok == p.box_end_id else None
+            if box is not None:
+                boxes[b].append(box)
+                if model.paradigm == "crop":  # thinking with images: re-encode the region, append its tokens
+                    pv, grid = p.encode_crop(batch.examples[b].image, box)
                     crops[b] = (pv, grid[0])
-                    boxes[b].append(box)
                     inserted = p.image_ids(p.num_visual_tokens(grid)[0])
                     feeds[b] += inserted
                     account["crop_visual"][b] += len(inserted)

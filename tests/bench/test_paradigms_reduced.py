@@ -46,6 +46,12 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     assert head["lare_tokens_over_crop"] == pytest.approx(table["lare"]["tokens_inference"] / table["crop"]["tokens_inference"])
     assert head["lare_total_tokens_over_crop"] == pytest.approx(table["lare"]["tokens_total"] / table["crop"]["tokens_total"])
     assert "lare_acc_minus_best_baseline" in head and "overall" in result["baselines_by_family"]
+    # where each variant looked against the traces' boxes: crop's written boxes, lare's refocus maps
+    crop_g, lare_g = table["crop"]["grounding"]["overall"], table["lare"]["grounding"]["overall"]
+    assert 0 <= crop_g["box_iou"] <= 1 and crop_g["focus_in_box"] != crop_g["focus_in_box"]
+    assert 0 <= lare_g["focus_in_box"] <= 100 and 0 < lare_g["focus_chance"] < 100 and lare_g["box_iou"] != lare_g["box_iou"]
+    assert "Where each variant looked" in out.with_suffix(".md").read_text()
+    assert result["wall_s"] > 0
 
     # The evaluation is logged to each trial's MLflow child run, under one parent.
     from mlflow.tracking import MlflowClient
@@ -66,6 +72,7 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     # The report of a comparison in progress reads the finished trials from disk and trains nothing.
     only = paradigms.main([*args, "--analyse-only"])
     assert only["analysis"]["table"]["crop"]["overall"] == table["crop"]["overall"]
+    assert only["wall_s"] >= result["wall_s"]  # the grid's wall time (both runs of it), not the analysis's
     # A finished comparison gains an evaluation-time ablation without training: the trials' predictions are
     # re-evaluated and merged (replaced, not duplicated), and the report reads them.
     predictions = json.loads(next((tmp_path / "runs").glob("paradigms/trials/paradigms-crop-s0/predictions.json")).read_text())
