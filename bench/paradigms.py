@@ -10,7 +10,7 @@ predictions).
 
 Variants: direct, text_cot, crop (thinking with images), latent (Coconut: z_t = h_t, no reconstruction), lare, and
 the ablations lare_no_refocus (latent slots with the reconstruction objective, no refocus), lare_no_recon,
-lare_no_focus. Reported per family and overall: accuracy with 95 % bootstrap intervals over rows and seeds, paired
+lare_no_forcing (the boxes through the focus loss only, no focus forcing) and lare_no_focus (no box supervision). Reported per family and overall: accuracy with 95 % bootstrap intervals over rows and seeds, paired
 differences lare - each baseline with intervals, tokens as totals and as inference tokens (latent + generated +
 crop), and per family the chance level and a question-only baseline on the same rows.
 

@@ -149,6 +149,13 @@ def num_slots_for(n_steps: int, cfg: Config, stage: int | None) -> tuple[int, in
     return replaced * m.latents_per_step, replaced
 
 
+def slot_steps(n_steps: int, cfg: Config, stage: int | None = None) -> list[int | None]:
+    """The trace step each latent slot stands for at a curriculum stage (None = final): the step whose box the
+    focus loss supervises it with, and what evaluation scores its refocus against. None: no step replaced."""
+    k, replaced = num_slots_for(n_steps, cfg, stage)
+    return [(j * replaced) // k if replaced else None for j in range(k)]
+
+
 def _region_pixels(image: Image.Image, box, size: int) -> torch.Tensor:
     crop = crop_box(image, box, min_side=4).resize((size, size), Image.BILINEAR)
     return torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).float() / 255
@@ -176,7 +183,7 @@ def build_batch(examples: list[Example], processor: LaReProcessor, cfg: Config,
     offsets = [0] + torch.cumsum(grids.prod(-1), 0).tolist()
 
     rows, images = [], []  # per sample: (prefix ids, k, suffix ids, suffix label kinds); images in order
-    slot_steps = []
+    steps_of_slots = []
     for i, ex in enumerate(examples):
         images.append((i, True, pv[offsets[i]:offsets[i + 1]], grids[i]))
         prefix = p.prompt_ids(ex.question, ex.choices, n_vis[i])
@@ -208,7 +215,7 @@ def build_batch(examples: list[Example], processor: LaReProcessor, cfg: Config,
             lead, ans = p.answer_ids(ex.answer)
             add(lead, "text")
             add(ans, "answer")
-        slot_steps.append([(j * replaced) // k if replaced else None for j in range(k)])
+        steps_of_slots.append(slot_steps(len(ex.steps), cfg, stage) if k else [])
         rows.append((prefix, k, suffix, kinds))
 
     B = len(examples)
@@ -246,7 +253,7 @@ def build_batch(examples: list[Example], processor: LaReProcessor, cfg: Config,
     region_pixels = torch.zeros(B, K, 3, px, px) if cfg.method.pixel_decoder and K else None
     for b, ex in enumerate(examples):
         gh, gw = grid_hw[b].tolist()
-        for j, s in enumerate(slot_steps[b]):
+        for j, s in enumerate(steps_of_slots[b]):
             box = ex.steps[s].box if s is not None else None
             if box is None:
                 continue

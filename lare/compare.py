@@ -25,9 +25,11 @@ VARIANTS = {
     "lare": ("lare", []),
     "lare_no_refocus": ("latent", []),
     "lare_no_recon": ("lare", ["method.recon_weight=0"]),
-    "lare_no_focus": ("lare", ["method.focus_weight=0"]),
+    "lare_no_forcing": ("lare", ["method.focus_forcing=0"]),  # boxes through the focus loss only
+    "lare_no_focus": ("lare", ["method.focus_weight=0", "method.focus_forcing=0"]),  # no box supervision at all
 }
-LARE_ABLATIONS = ["none", "zero_latents", "shuffle_refocus", "uniform_refocus"]  # evaluation-time, of `lare` only
+# evaluation-time, of `lare` only; gold_focus is an oracle (each slot looks at its step's box), crop's gold_boxes twin
+LARE_ABLATIONS = ["none", "zero_latents", "shuffle_refocus", "uniform_refocus", "gold_focus"]
 SPLITS = ("test", "hard")
 GROUNDING_KEYS = ("box_iou", "box_hit", "focus_in_box", "focus_chance")  # lare.eval.grounding, logged per trial
 
@@ -113,8 +115,9 @@ def make_trial(args, base_overrides: list[str], root: str, uri: str, parent: str
 
 
 def trial_ablations(args: Comparison, variant: str) -> list[str]:
-    """How a variant's export is evaluated: lare also with its latents and refocus ablated, crop also with the
-    trace's boxes given (the oracle), every variant also about another image."""
+    """How a variant's export is evaluated: lare also with its latents and refocus ablated and with its refocus
+    given the trace's boxes, crop also with the trace's boxes given (the oracles), every variant also about another
+    image."""
     own = {"lare": args.lare_ablations, "crop": ["none", *args.crop_ablations]}.get(variant, ["none"])
     return [*own, *args.input_ablations]
 
@@ -247,6 +250,10 @@ def analyse(trials: list[dict], index: dict[str, dict], n_boot: int) -> dict:
         if plain in table and len(by_key[plain]) == len(by_key[key]):
             diffs[f"{key} - {plain}"] = {g: paired_diff_ci(matrix(key, m), matrix(plain, m), n_boot)
                                          for g, m in groups.items() if m}
+    oracles = ("lare[gold_focus]", "crop[gold_boxes]")  # both given the trace's regions: latent read-out vs crop
+    if all(k in table for k in oracles) and len(by_key[oracles[0]]) == len(by_key[oracles[1]]):
+        diffs[" - ".join(oracles)] = {g: paired_diff_ci(matrix(oracles[0], m), matrix(oracles[1], m), n_boot)
+                                      for g, m in groups.items() if m}
     for key in [k for k in table if f"{k}[other_image]" in table]:  # how much each variant looks at its image
         diffs[f"{key} - {key}[other_image]"] = {g: paired_diff_ci(matrix(key, m), matrix(f"{key}[other_image]", m), n_boot)
                                                 for g, m in groups.items() if m}

@@ -60,6 +60,7 @@ class MethodConfig:
     text_weight: float = opt(1.0, "Weight of the rationale tokens' mean cross-entropy (text CoT steps and boxes, a crop's box, remaining steps in curriculum stages).")
     recon_weight: float = opt(1.0, "lambda_rec: weight of the visual reconstruction loss 1 - cos(D(z_t), sg(y_t)).")
     focus_weight: float = opt(0.5, "lambda_focus: weight of KL(box distribution || refocus attention); 0 disables.")
+    focus_forcing: float = opt(0.0, "Training only: the probability that a latent slot whose step has a box reads the image through that box (uniform over its tokens) instead of its own refocus map, which still learns from the focus loss. The latent counterpart of crop training on the trace's crops: without it the language model learns from latents that read whatever an untrained refocus picked.")
     align_weight: float = opt(0.0, "lambda_align: weight of the InfoNCE alignment between latents and region embeddings.")
     align_temperature: float = opt(0.07, "Temperature of the alignment InfoNCE.")
     pixel_decoder: bool = opt(False, "Add a small conv decoder that renders the region each latent looked at (L1 on a low-res crop).")
@@ -143,6 +144,7 @@ class Config:
         _check(m.max_latent_steps >= m.latent_steps, "method.max_latent_steps", f"must be >= method.latent_steps ({m.latent_steps})")
         _check(m.top_k >= 0, "method.top_k", "must be >= 0")
         _check(m.refocus_heads >= 1, "method.refocus_heads", "must be >= 1")
+        _check(0.0 <= m.focus_forcing <= 1.0, "method.focus_forcing", "must be a probability in [0, 1]")
         for name in ("answer_weight", "text_weight", "recon_weight", "focus_weight", "align_weight", "pixel_weight", "stop_weight"):
             _check(getattr(m, name) >= 0, f"method.{name}", "must be >= 0")
         _check(m.align_temperature > 0, "method.align_temperature", "must be > 0")

@@ -5,7 +5,8 @@ supervision every paradigm gets from the traces' step boxes.
   step, in order (a step it wrote no box for counts 0), and the share of steps with IoU >= 0.5 (%).
 - lare: the share of each latent slot's refocus map that falls on the visual tokens of its step's box (the
   tokens the focus loss puts the target distribution on), and what a uniform map would put there (the chance
-  level: the box's share of the grid), both in %. Slots map to steps as in training's final stage (lare.batch).
+  level: the box's share of the grid), both in %. Slots map to steps as in training's final stage
+  (lare.batch.slot_steps).
 
 Accuracy alone cannot say whether a paradigm failed to find the region or failed to use it; these can.
 """
@@ -58,13 +59,6 @@ def focus_in_box(maps: torch.Tensor, gold: list, slot_steps: list[int | None]) -
         return None
     return {"focus_in_box": 100 * sum(inside) / len(inside), "focus_chance": 100 * sum(chance) / len(chance),
             "focus_slots": len(inside)}
-
-
-def final_slot_steps(n_steps: int, latent_steps: int, latents_per_step: int, adaptive: bool) -> list[int | None]:
-    """The step each latent slot stands for in the final curriculum stage (lare.batch.num_slots_for and the
-    slot-to-step rule of build_batch)."""
-    k = max(1, min(n_steps * latents_per_step, latent_steps)) if adaptive else latent_steps
-    return [(j * n_steps) // k if n_steps else None for j in range(k)]
 
 
 def mean_grounding(rows: list[dict | None]) -> dict:

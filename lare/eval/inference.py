@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lare.eval.grounding import final_slot_steps, focus_in_box, written_boxes
+from lare.eval.grounding import focus_in_box, written_boxes
 from lare.eval.readers import EvalItem
 from lare.model import ABLATIONS, TOKEN_KEYS
 from lare.storage import is_remote, redact, resolve
@@ -288,9 +288,11 @@ class ModelPredictor:
                            zip(examples, other_images([ex.image for ex in examples]))]
                 gen = model(build_batch(swapped, model.processor, cfg, prompt_only=True).to(self.device),
                             mode="generate", max_new_tokens=self.max_new_tokens)
-            elif ablation == "gold_boxes":  # the same prompt; the trace's boxes ride along for the oracle to write
+            elif ablation in ("gold_boxes", "gold_focus"):  # the same prompt; the trace's boxes ride along
+                # gold_boxes writes the k-th box the trace has; gold_focus maps each slot to its step, boxless ones too
+                boxes_of = _step_boxes(batch, n, keep_missing=ablation == "gold_focus")
                 gold = [dataclasses.replace(ex, steps=[Step("", box) for box in boxes])
-                        for ex, boxes in zip(examples, _step_boxes(batch, n))]
+                        for ex, boxes in zip(examples, boxes_of)]
                 gen = model(dataclasses.replace(prompt, examples=gold), mode="generate", ablation=ablation,
                             max_new_tokens=self.max_new_tokens)
             else:
@@ -322,9 +324,9 @@ class ModelPredictor:
         if not gold:
             return None
         if maps is not None:
-            m = self.model.cfg.method
-            return focus_in_box(maps, gold, final_slot_steps(len(gold), m.latent_steps, m.latents_per_step,
-                                                             m.adaptive_stop))
+            from lare.batch import slot_steps
+
+            return focus_in_box(maps, gold, slot_steps(len(gold), self.model.cfg))
         if self.model.paradigm in BOX_WRITERS:
             return written_boxes(written, gold)
         return None
@@ -355,18 +357,19 @@ def _trace_boxes(batch: dict, n: int) -> list[list | None]:
     return [json.loads(str(metas[i]) or "{}").get("step_boxes") for i in range(n)]
 
 
-def _step_boxes(batch: dict, n: int) -> list[list]:
-    """Per row, the boxes of its trace's steps (EvalItem.meta["step_boxes"], kept by the refocus reader)."""
+def _step_boxes(batch: dict, n: int, keep_missing: bool = False) -> list[list]:
+    """Per row, the boxes of its trace's steps (EvalItem.meta["step_boxes"], kept by the refocus reader); a step
+    without a box is left out, or kept as None (keep_missing)."""
     metas = batch.get("meta")
     if metas is None:
-        raise ValueError("the gold_boxes ablation needs the items' meta (their trace's step boxes)")
+        raise ValueError("the gold_boxes and gold_focus ablations need the items' meta (their trace's step boxes)")
     out = []
     for i in range(n):
         boxes = json.loads(str(metas[i]) or "{}").get("step_boxes")
         if boxes is None:
-            raise ValueError(f"item {batch['id'][i]}: no step boxes in its meta: the gold_boxes ablation needs a "
-                             f"benchmark read from traces (refocus)")
-        out.append([b for b in boxes if b is not None])
+            raise ValueError(f"item {batch['id'][i]}: no step boxes in its meta: the gold_boxes and gold_focus "
+                             f"ablations need a benchmark read from traces (refocus)")
+        out.append(boxes if keep_missing else [b for b in boxes if b is not None])
     return out
 
 

@@ -73,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"one of {', '.join([*ABLATIONS, *INPUT_ABLATIONS])}; repeat to evaluate several (default none). "
                          "Ablations that do not apply to a paradigm (no latents, no refocus) are skipped for it; "
                          "other_image answers each question about another row's image (how much the model looks); "
-                         "gold_boxes gives a crop model the trace's boxes to crop (an oracle; refocus only)")
+                         "gold_boxes gives a crop model the trace's boxes to crop, gold_focus makes each lare slot "
+                         "look at its trace step's box (oracles; refocus only)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="decoding budget (default: the model's data.max_answer_tokens for latent paradigms, "
                          "data.max_new_tokens for text ones)")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from lare.batch import Batch
+from lare.batch import Batch, slot_steps
+from lare.boxes import box_token_mask
 from lare.config import LATENT_PARADIGMS
 from lare.model.sequence import Prompt, embed, encode_pixels, rope_positions
 from lare.processor import format_box, parse_box
@@ -125,7 +126,8 @@ def generate(model, batch: Batch, max_new_tokens: int | None = None, kv_cache: b
         K = m.latent_steps
         slot_mask = torch.ones(B, K, dtype=torch.bool, device=device)
         slot_positions = (next_pos[:, None] + torch.arange(K, device=device))[None].expand(3, B, K)  # one per slot
-        run = model.run_latents(prompt, slot_positions, slot_mask, ablation, adaptive=m.adaptive_stop)
+        gold = _gold_focus(batch, visual, K, model.cfg) if ablation == "gold_focus" else None
+        run = model.run_latents(prompt, slot_positions, slot_mask, ablation, adaptive=m.adaptive_stop, gold_focus=gold)
         h = run.h
         account["latent"] = run.slot_mask.sum(1)
         latents = [run.z[b, run.slot_mask[b]].float().cpu() for b in range(B)]
@@ -209,6 +211,21 @@ def _gold_box(example, k: int) -> list[float] | None:
     """The trace's box of the k-th box-bearing step, None when the trace has no more boxes."""
     boxes = [st.box for st in example.steps if st.box is not None]
     return boxes[k] if k < len(boxes) else None
+
+
+def _gold_focus(batch: Batch, visual, K: int, cfg) -> torch.Tensor:
+    """[B, K, P] for the gold_focus oracle: each slot's map uniform over the visual tokens of the box of the trace
+    step it stands for (lare.batch.slot_steps, the focus loss's target); zero where that step has no box."""
+    B, P = visual.mask.shape
+    out = torch.zeros(B, K, P, device=visual.mask.device)
+    for b, ex in enumerate(batch.examples):
+        boxes = [step.box for step in ex.steps]
+        gh, gw = visual.grid_hw[b].tolist()
+        for j, s in enumerate(slot_steps(len(boxes), cfg)[:K] if boxes else []):
+            if s is not None and boxes[s] is not None:
+                mask = box_token_mask(boxes[s], gh, gw).float()
+                out[b, j, : gh * gw] = mask / mask.sum()
+    return out
 
 
 def _last_box(ids: list[int], p) -> list[float] | None:

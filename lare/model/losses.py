@@ -41,7 +41,8 @@ def compute_loss(model, batch: Batch, kv_cache: bool = True, return_logits: bool
         latents = None
     else:
         prompt = Prompt(model.vlm, image_token_id, batch, prefix_len, kv_cache, want_attn=model.reads_lm_attention)
-        latents = model.run_latents(prompt, prompt.positions[:, :, prefix_len:suffix_start], batch.slot_mask, ablation)
+        latents = model.run_latents(prompt, prompt.positions[:, :, prefix_len:suffix_start], batch.slot_mask, ablation,
+                                    gold_focus=_forced_focus(model, batch, prompt.visual))
         h, suffix_hidden = latents.h, prompt.feed(suffix_start, length).hidden
 
     # The hidden state before each suffix token predicts it.
@@ -64,6 +65,18 @@ def compute_loss(model, batch: Batch, kv_cache: bool = True, return_logits: bool
     loss = sum(getattr(method, WEIGHTS[name]) * value for name, value in terms.items())
     scored = {k: float(terms[k].detach()) if k in terms else float("nan") for k in LOSS_TERMS}
     return LossOutput(loss, scored, logits if return_logits else None, int(supervised.sum()))
+
+
+def _forced_focus(model, batch: Batch, visual: VisualContext) -> torch.Tensor | None:
+    """Focus forcing (method.focus_forcing, training only): [B, K, P] box maps (uniform over each slot's box tokens)
+    for a random share of the slots that have a box, zero rows elsewhere; None when off."""
+    p = model.cfg.method.focus_forcing
+    if not (model.training and p > 0 and model.paradigm == "lare" and batch.slot_has_box.any()):
+        return None
+    P = visual.mask.shape[1]
+    region = batch.region_mask[..., :P].to(visual.tokens.device, visual.tokens.dtype)               # [B, K, P]
+    forced = batch.slot_has_box.to(region.device) & (torch.rand(region.shape[:2], device=region.device) < p)
+    return region / region.sum(-1, keepdim=True).clamp_min(1) * forced[..., None]
 
 
 def _latent_terms(model, batch: Batch, visual: VisualContext, latents: LatentRun) -> dict[str, torch.Tensor]:

@@ -48,6 +48,7 @@ ABLATIONS = {
     "uniform_refocus": ("lare",),
     "shuffle_refocus": ("lare",),
     "gold_boxes": ("crop",),
+    "gold_focus": ("lare",),
 }
 
 
@@ -171,8 +172,11 @@ class LaReModel(nn.Module):
 
     # ---- the latent step ---------------------------------------------------------------------
     def latent_input(self, h: torch.Tensor, visual: VisualContext | None, lm_attention: torch.Tensor | None = None,
-                     ablation: str = "none") -> LatentStep:
-        """h [B, D] -> the next position's input embedding z [B, D] and where the step looked."""
+                     ablation: str = "none", gold: torch.Tensor | None = None) -> LatentStep:
+        """h [B, D] -> the next position's input embedding z [B, D] and where the step looked.
+        gold [B, P]: a map to read through instead of the model's own (its step's box, uniform over its tokens: the
+        gold_focus oracle, or focus forcing in training; a zero row keeps the model's own). The returned map is
+        always the model's own: where it would have looked, what the focus loss trains."""
         refocus_map = None
         if self.paradigm == "latent":
             z = h
@@ -193,15 +197,19 @@ class LaReModel(nn.Module):
             elif ablation == "shuffle_refocus":
                 heads = _shuffled(heads.mean(1), visual.grid_hw)[:, None, :].expand_as(heads)
             refocus_map = heads.mean(1)
+            if gold is not None:  # read exactly where the trace step's box is
+                has = gold.sum(-1) > 0
+                heads = torch.where(has[:, None, None], gold[:, None, :].to(heads.dtype).expand_as(heads), heads)
             z = self.fusion(h, self.refocus.read(heads, visual.refocus_kv.values))
         if ablation == "zero_latents":
             z = torch.zeros_like(z)
         return LatentStep(z, refocus_map)
 
     def run_latents(self, prompt: Prompt, positions: torch.Tensor, slot_mask: torch.Tensor, ablation: str = "none",
-                    adaptive: bool = False) -> LatentRun:
+                    adaptive: bool = False, gold_focus: torch.Tensor | None = None) -> LatentRun:
         """K latent steps after the prompt, one new position each: positions [3, B, K], slot_mask [B, K] the
-        slots each sample has. `adaptive`: a trained stop head may end a sample early."""
+        slots each sample has. `adaptive`: a trained stop head may end a sample early. gold_focus [B, K, P]: the
+        gold_focus oracle's maps (latent_input)."""
         h, lm_attention = prompt.hidden[:, -1], prompt.attention
         n_prompt = None if lm_attention is None else lm_attention.shape[1]
         active = slot_mask[:, 0].clone()
@@ -213,7 +221,8 @@ class LaReModel(nn.Module):
         for t in range(slot_mask.shape[1]):
             active = active & slot_mask[:, t]
             with profiled("lare.refocus"):
-                z, refocus_map = self.latent_input(h, prompt.visual, lm_attention, ablation)
+                z, refocus_map = self.latent_input(h, prompt.visual, lm_attention, ablation,
+                                                   None if gold_focus is None else gold_focus[:, t])
             if not every:
                 z = torch.where(active[:, None], z, torch.zeros_like(z))
             out = prompt.state.append(z[:, None], positions[:, :, t:t + 1], active[:, None].long(),

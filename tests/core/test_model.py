@@ -363,6 +363,22 @@ def test_ablations_change_what_the_latents_carry(records):
         torch.testing.assert_close(maps.sum((1, 2)), torch.ones(maps.shape[0]))
 
 
+def test_focus_forcing_reads_the_box_in_training_and_still_trains_the_refocus(records):
+    # Forced slots read their step's box instead of the model's own map, in training only; the focus loss still
+    # scores (and trains) the model's own map.
+    model, cfg = build("tiny-qwen2.5-vl", "lare", "method.focus_forcing=1.0")
+    batch = build_batch(examples(records), model.processor, cfg)
+    forced = model.train()(batch, return_logits=True)
+    own = model.eval()(batch, return_logits=True)
+    assert not torch.allclose(forced.logits, own.logits)
+    assert forced.terms["focus"] > 0.01  # the own map is scored, not the box it read through (KL 0)
+    forced.loss.backward()
+    assert model.refocus.q.weight.grad.abs().sum() > 0
+    off = build("tiny-qwen2.5-vl", "lare")[0]
+    off.load_state_dict(model.state_dict())
+    assert torch.allclose(off.train()(batch, return_logits=True).logits, own.logits, atol=1e-5)  # forcing is all that differs
+
+
 def test_top_k_restricts_the_refocus_to_k_tokens(records):
     model, cfg = build("tiny-qwen2.5-vl", "lare", "method.top_k=3")
     prompts = build_batch(examples(records), model.processor, cfg, prompt_only=True)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lare.eval.grounding import box_iou, final_slot_steps, focus_in_box, mean_grounding, written_boxes
+from lare.eval.grounding import box_iou, focus_in_box, mean_grounding, written_boxes
 
 
 def test_box_iou_on_hand_computed_boxes():
@@ -43,9 +43,10 @@ def test_mean_grounding_averages_each_measure_over_the_rows_that_have_it():
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_final_slot_steps_are_the_steps_training_supervised(adaptive):
-    # The evaluation must score each slot against the box the focus loss trained it on.
-    from lare.batch import build_batch
+def test_slot_steps_are_the_steps_whose_boxes_supervise_the_slots(adaptive):
+    # The evaluation scores each slot against the box the focus loss trained it on: both read lare.batch.slot_steps.
+    from lare.batch import build_batch, slot_steps
+    from lare.boxes import box_token_mask
     from tests.core.test_model import build, examples
     from tests.helpers import record
 
@@ -53,13 +54,14 @@ def test_final_slot_steps_are_the_steps_training_supervised(adaptive):
     boxes = [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0]]
     ex = examples([record("t", 56, 56, steps=[{"text": f"Step {i}.", "bbox": b} for i, b in enumerate(boxes)])])
     batch = build_batch(ex, model.processor, cfg)  # the final stage
+    steps = slot_steps(len(boxes), cfg)
     m = cfg.method
-    steps = final_slot_steps(len(boxes), m.latent_steps, m.latents_per_step, m.adaptive_stop)
-    from lare.boxes import box_token_mask
-
+    assert len(steps) == (min(3 * m.latents_per_step, m.latent_steps) if adaptive else m.latent_steps)
+    assert steps == sorted(steps) and set(steps) == {0, 1, 2}  # in order, every step gets a slot
     gh, gw = batch.grid_hw[0].tolist()
     for j, s in enumerate(steps):
         assert torch.equal(batch.region_mask[0, j, : gh * gw], box_token_mask(boxes[s], gh, gw)), (j, s)
+    assert slot_steps(3, cfg, stage=1) == [0] * m.latents_per_step  # stage 1: only the first step is latent
 
 
 def test_evaluation_reports_where_each_paradigm_looked():
@@ -87,3 +89,44 @@ def test_evaluation_reports_where_each_paradigm_looked():
     pope = EvalItem("pope", "p0", "Hi?", [], "yes", png_bytes(56, 56))
     (row,) = run_inference(lare, [pope], use_ray=False)
     assert row["grounding"] == "null"  # no trace, nothing to measure against
+
+
+def test_gold_focus_makes_each_slot_read_through_its_steps_box():
+    from lare.batch import build_batch, slot_steps
+    from lare.boxes import box_token_mask
+    from lare.model.generate import _gold_focus
+    from lare.model.sequence import Prompt
+    from tests.core.test_model import build, examples
+    from tests.helpers import record
+
+    model, cfg = build("tiny-qwen2.5-vl", "lare", "method.refocus_heads=1")  # one head: its map is the mean
+    model.eval()
+    boxes = [[0.0, 0.0, 0.5, 0.5], None, [0.5, 0.5, 1.0, 1.0]]
+    ex = examples([record("g", 112, 112, steps=[{"text": f"Step {i}.", "bbox": b} for i, b in enumerate(boxes)])])
+    prompt = build_batch([ex[0]], model.processor, cfg, prompt_only=True)
+    state = Prompt(model.vlm, model.processor.image_token_id, prompt, prompt.input_ids.shape[1], True)
+    visual = state.visual
+    K = cfg.method.latent_steps
+    gold = _gold_focus(prompt, visual, K, cfg)                     # [B, K, P]
+    gh, gw = visual.grid_hw[0].tolist()
+    for j, s in enumerate(slot_steps(3, cfg)):
+        if boxes[s] is None:  # no box: a zero row, the slot keeps its own map
+            assert gold[0, j].sum() == 0
+        else:
+            mask = box_token_mask(boxes[s], gh, gw)
+            assert torch.allclose(gold[0, j, : gh * gw][mask], torch.full((int(mask.sum()),), 1 / mask.sum()))
+            assert gold[0, j, : gh * gw][~mask].sum() == 0
+    # The slot reads through the map it is given, and reports its own: given its own map, nothing changes.
+    h = state.hidden[:, -1]
+    own = model.latent_input(h, visual)
+    same = model.latent_input(h, visual, gold=own.refocus_map)
+    boxed = model.latent_input(h, visual, gold=gold[:, 0])
+    assert torch.allclose(same.z, own.z, atol=1e-6) and not torch.allclose(boxed.z, own.z)
+    assert torch.equal(boxed.refocus_map, own.refocus_map)
+    with torch.no_grad():
+        assert not torch.allclose(model(prompt, mode="generate", ablation="gold_focus").latents[0],
+                                  model(prompt, mode="generate").latents[0])
+    from lare.eval.inference import ModelPredictor
+
+    with pytest.raises(ValueError, match="do not apply"):
+        ModelPredictor(model=build("tiny-qwen2.5-vl", "crop")[0], ablations=["gold_focus"])
