@@ -4,9 +4,9 @@ Every variant is trained from the same backbone (configs/paradigms.yaml: the bun
 same training rows for the same number of epochs, through the real training job, with 3 seeds, as one Ray Tune grid
 (variant x seed, two trials at a time; Ray starts once, an MLflow parent run holds a child run per trial, and the
 same --name resumes an interrupted comparison). Each trial then evaluates its export on the held-out `test` and
-`hard` splits (lare also with its latents zeroed, its refocus maps shuffled across samples and made uniform; crop
-also with the trace's boxes written for it and cropped, an oracle that tells its crops apart from its box
-predictions).
+`hard` splits (lare also with its latents zeroed, its refocus maps shuffled across samples and made uniform, and
+reading through the trace's boxes; crop also with the trace's boxes written for it and cropped: oracles that tell
+using a region apart from finding it), and says where each answer looked against the traces' boxes.
 
 Variants: direct, text_cot, crop (thinking with images), latent (Coconut: z_t = h_t, no reconstruction), lare, and
 the ablations lare_no_refocus (latent slots with the reconstruction objective, no refocus), lare_no_recon,
