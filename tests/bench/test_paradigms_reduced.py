@@ -25,7 +25,7 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     assert json.loads(out.read_text())["analysis"]["table"].keys() == result["analysis"]["table"].keys()
     assert "| lare (seeds 1) |" in out.with_suffix(".md").read_text()
     table = result["analysis"]["table"]
-    assert {"crop", "lare", "lare[zero_latents]", "lare[shuffle_refocus]", "lare[uniform_refocus]",
+    assert {"crop", "lare", "lare[zero_latents]", "lare[shuffle_refocus]", "lare[uniform_refocus]", "lare[gold_focus]",
             "crop[gold_boxes]", "crop[other_image]", "lare[other_image]"} == set(table)
     assert result["analysis"]["rows_evaluated"] == 12 and not result["failed_trials"]
     for row in table.values():
@@ -39,6 +39,8 @@ def test_reduced_paradigm_comparison(tmp_path, ray_session):
     assert looks["diff"] == pytest.approx(table["crop"]["overall"]["acc"] - table["crop[other_image]"]["overall"]["acc"])
     assert "lare - crop[other_image]" not in result["analysis"]["paired"]
     # the crop oracle (the trace's boxes cropped) against crop as it is
+    both = result["analysis"]["paired"]["lare[gold_focus] - crop[gold_boxes]"]["overall"]  # the two oracles
+    assert both["diff"] == pytest.approx(table["lare[gold_focus]"]["overall"]["acc"] - table["crop[gold_boxes]"]["overall"]["acc"])
     oracle = result["analysis"]["paired"]["crop[gold_boxes] - crop"]["overall"]
     assert oracle["diff"] == pytest.approx(table["crop[gold_boxes]"]["overall"]["acc"] - table["crop"]["overall"]["acc"])
     head = result["headline"]
