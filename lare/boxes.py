@@ -1,4 +1,4 @@
-"""Boxes: validation, and which merged visual tokens a box covers.
+"""Boxes: validation, overlap, and which merged visual tokens a box covers.
 
 A box is normalised `[x1, y1, x2, y2]` on the original image. Qwen's dynamic resize scales each axis
 of the whole image, so normalised coordinates are the same on the resized image, and the merged token
@@ -31,6 +31,22 @@ def check_box(box, where: str) -> list[float]:
     if x2 <= x1 or y2 <= y1:
         raise BoxError(f"{where}: bbox {vals} is degenerate (needs x1 < x2 and y1 < y2)")
     return vals
+
+
+def box_iou(a, b) -> float:
+    """IoU of two normalised [x1, y1, x2, y2] boxes (0 for disjoint or degenerate ones)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_distribution(region: torch.Tensor) -> torch.Tensor:
+    """Token masks [..., P] (bool or 0/1) as distributions uniform over their tokens; an empty mask stays zero.
+    What the focus loss aims the refocus at, and what focus forcing and the gold_focus oracle read through."""
+    region = region.float() if region.dtype == torch.bool else region
+    return region / region.sum(-1, keepdim=True).clamp_min(1)
 
 
 def box_token_mask(box, grid_h: int, grid_w: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
+from lare.boxes import box_iou
 from pipelines.sources.refocus import COLOUR_NAMES, SHAPES, Scene, draw_object, render
 
 BACKGROUND_SHAPE, BACKGROUND_COLOUR = len(SHAPES), len(COLOUR_NAMES)
@@ -357,14 +358,6 @@ def vision_probes(model_dir, probe_dir, *, seed: int, scenes: int = 512) -> dict
     state = load_file(probe_file)
     probe.load_state_dict({k[len("probe."):]: v for k, v in state.items() if k.startswith("probe.")})
     return probe_accuracy(vlm, probe, processor, seed=seed, scenes=scenes)
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @torch.no_grad()

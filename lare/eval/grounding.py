@@ -17,18 +17,9 @@ import math
 
 import torch
 
-from lare.boxes import box_token_mask
+from lare.boxes import box_iou, box_token_mask
 
 HIT_IOU = 0.5  # a box counts as found at IoU >= 0.5, the detection convention (PASCAL VOC, RefCOCO)
-
-
-def box_iou(a, b) -> float:
-    """IoU of two normalised [x1, y1, x2, y2] boxes (0 for disjoint or degenerate ones)."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def written_boxes(written: list, gold: list) -> dict | None:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from lare.batch import slot_steps
 from lare.eval.grounding import focus_in_box, written_boxes
 from lare.eval.readers import EvalItem
 from lare.model import ABLATIONS, TOKEN_KEYS
@@ -324,8 +325,6 @@ class ModelPredictor:
         if not gold:
             return None
         if maps is not None:
-            from lare.batch import slot_steps
-
             return focus_in_box(maps, gold, slot_steps(len(gold), self.model.cfg))
         if self.model.paradigm in BOX_WRITERS:
             return written_boxes(written, gold)

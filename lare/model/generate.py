@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from lare.batch import Batch, slot_steps
-from lare.boxes import box_token_mask
+from lare.boxes import box_distribution, box_token_mask
 from lare.config import LATENT_PARADIGMS
 from lare.model.sequence import Prompt, embed, encode_pixels, rope_positions
 from lare.processor import format_box, parse_box
@@ -223,8 +223,7 @@ def _gold_focus(batch: Batch, visual, K: int, cfg) -> torch.Tensor:
         gh, gw = visual.grid_hw[b].tolist()
         for j, s in enumerate(slot_steps(len(boxes), cfg)[:K] if boxes else []):
             if s is not None and boxes[s] is not None:
-                mask = box_token_mask(boxes[s], gh, gw).float()
-                out[b, j, : gh * gw] = mask / mask.sum()
+                out[b, j, : gh * gw] = box_distribution(box_token_mask(boxes[s], gh, gw))
     return out
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lare.batch import IGNORE, Batch
+from lare.boxes import box_distribution
 from lare.model.heads import info_nce
 from lare.model.sequence import LatentRun, Prompt, VisualContext
 
@@ -74,9 +75,9 @@ def _forced_focus(model, batch: Batch, visual: VisualContext) -> torch.Tensor | 
     if not (model.training and p > 0 and model.paradigm == "lare" and batch.slot_has_box.any()):
         return None
     P = visual.mask.shape[1]
-    region = batch.region_mask[..., :P].to(visual.tokens.device, visual.tokens.dtype)               # [B, K, P]
-    forced = batch.slot_has_box.to(region.device) & (torch.rand(region.shape[:2], device=region.device) < p)
-    return region / region.sum(-1, keepdim=True).clamp_min(1) * forced[..., None]
+    box = box_distribution(batch.region_mask[..., :P]).to(visual.tokens.device, visual.tokens.dtype)  # [B, K, P]
+    forced = batch.slot_has_box.to(box.device) & (torch.rand(box.shape[:2], device=box.device) < p)
+    return box * forced[..., None]
 
 
 def _latent_terms(model, batch: Batch, visual: VisualContext, latents: LatentRun) -> dict[str, torch.Tensor]:
@@ -97,7 +98,7 @@ def _latent_terms(model, batch: Batch, visual: VisualContext, latents: LatentRun
     if model.recon is not None and has_target.any():  # 1 - cos(D(z_t), sg(y_t))
         terms["recon"] = (1 - F.cosine_similarity(model.recon(z[has_target]), target[has_target], dim=-1)).mean()
     if refocus_map is not None and m.focus_weight > 0 and has_box.any():  # KL(box distribution || refocus)
-        box = region / region.sum(-1, keepdim=True).clamp_min(1)
+        box = box_distribution(region)
         kl = (box * (box.clamp_min(1e-12).log() - refocus_map.clamp_min(1e-12).log())).sum(-1)
         terms["focus"] = kl[has_box].mean()
     if model.align is not None and int(has_target.sum()) >= 2:  # InfoNCE needs a second row as a negative

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from lare.eval.grounding import box_iou, focus_in_box, mean_grounding, written_boxes
+from lare.boxes import box_iou
+from lare.eval.grounding import focus_in_box, mean_grounding, written_boxes
 
 
 def test_box_iou_on_hand_computed_boxes():
