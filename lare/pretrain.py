@@ -2,7 +2,8 @@
 
 Stage A teaches the vision tower what is where, with dense labels from the scene generator: for every merged
 visual token, the shape and the colour of the object that covers most of the token's cell (or background), and the
-token's own row and column (so that where a token sits stays readable in what the language model receives: the
+token's own row and column, and the box of the object the token belongs to (so that where a token sits, and
+where exactly its object is, stay readable in what the language model receives: the
 grounding of stage B and the boxes text_cot writes and crop predicts are read from it). The
 scenes are drawn fresh at every step from (seed, step, index), so a resumed run sees the same data and no data
 set is stored. Stage B (grounding of the whole model) is a plain run of the training job on the `grounding`
@@ -26,7 +27,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from lare.boxes import box_iou
-from pipelines.sources.refocus import COLOUR_NAMES, SHAPES, Scene, draw_object, render
+from pipelines.sources.refocus import COLOUR_NAMES, SHAPES, Scene, draw_object, render, tight_box
 
 BACKGROUND_SHAPE, BACKGROUND_COLOUR = len(SHAPES), len(COLOUR_NAMES)
 # A token is labelled with an object when the object puts at least this share of its own pixels in the token's
@@ -34,6 +35,9 @@ BACKGROUND_SHAPE, BACKGROUND_COLOUR = len(SHAPES), len(COLOUR_NAMES)
 MIN_OBJECT_SHARE = 0.25
 MAX_GRID = 16  # position heads: rows and columns of up to a 16 x 16 merged-token grid (the tower's position table)
 POSITION_WEIGHT = 0.5  # position is easy (the tower adds absolute embeddings); it must not crowd out shape
+# The box of a token's object, as an L1 loss on normalised corners: a cell is 0.14 wide, so the tower must say where
+# the object sits inside its cell, which a box that text_cot writes or crop predicts needs and row/column do not give.
+BOX_WEIGHT = 4.0
 
 
 @dataclass
@@ -70,8 +74,9 @@ def object_index_map(scene: Scene) -> np.ndarray:
     return np.asarray(im, dtype=np.int64)
 
 
-def token_labels(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(shape [G*G], colour [G*G], main token of each object [N]) in the row-major order of the merged tokens.
+def token_labels(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(shape [G*G], colour [G*G], main token of each object [N], box [G*G, 4]) in the row-major order of the
+    merged tokens; box is the owning object's tight box, normalised (NaN on background).
 
     A token is labelled with the object that has the most pixels in its cell (if that is at least MIN_OBJECT_SHARE
     of the object). An object's main token is the token labelled with it where it has the most pixels; -1 when a
@@ -88,11 +93,14 @@ def token_labels(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray, np.nd
     colour = np.array([COLOUR_NAMES.index(scene.objects[o]["colour"]) if o >= 0 else BACKGROUND_COLOUR for o in owner])
     owned = np.where(owner[:, None] == np.arange(n)[None, :], counts, -1)                  # [G*G, N]
     main = np.where(owned.max(0) > 0, owned.argmax(0), -1)
-    return shape, colour, main
+    tight = np.array([tight_box(o) for o in scene.objects], dtype=np.float32).reshape(-1, 4) / scene.size  # [N, 4]
+    box = np.where(owner[:, None] >= 0, tight[owner.clip(min=0)] if n else np.nan, np.nan).astype(np.float32)
+    return shape, colour, main, box
 
 
 class VisionProbe(nn.Module):
-    """Linear read-outs of shape, colour, row and column from each merged visual token: the dense training heads
+    """Linear read-outs of shape, colour, row, column and the object's box from each merged visual token: the dense
+    training heads
     of stage A, and afterwards the probe that measures what a (frozen) vision tower knows."""
 
     def __init__(self, width: int):
@@ -101,10 +109,11 @@ class VisionProbe(nn.Module):
         self.colour = nn.Linear(width, len(COLOUR_NAMES) + 1)
         self.row = nn.Linear(width, MAX_GRID)
         self.col = nn.Linear(width, MAX_GRID)
+        self.box = nn.Linear(width, 4)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """tokens [B, G*G, D] -> logits of shape, colour, row, column, each [B, G*G, classes]."""
-        return self.shape(tokens), self.colour(tokens), self.row(tokens), self.col(tokens)
+        """tokens [B, G*G, D] -> logits of shape, colour, row, column, each [B, G*G, classes], and box [B, G*G, 4]."""
+        return self.shape(tokens), self.colour(tokens), self.row(tokens), self.col(tokens), self.box(tokens)
 
 
 def grid_positions(grid: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +131,8 @@ def scene_batch(processor, seed: int, step: int, batch_size: int, hard_fraction:
     shape = torch.as_tensor(np.stack([lab[0] for lab in labels]))
     colour = torch.as_tensor(np.stack([lab[1] for lab in labels]))
     mains = [torch.as_tensor(lab[2]) for lab in labels]
-    return inputs["pixel_values"], inputs["image_grid_thw"], shape, colour, mains, scenes
+    boxes = torch.as_tensor(np.stack([lab[3] for lab in labels]))                       # [B, G*G, 4], NaN on background
+    return inputs["pixel_values"], inputs["image_grid_thw"], shape, colour, boxes, mains, scenes
 
 
 def visual_tokens(vlm, pixel_values, grid_thw) -> torch.Tensor:
@@ -138,32 +148,35 @@ def grid_of(grid_thw: torch.Tensor, merge: int = 2) -> int:
     return h
 
 
-def stage_a_loss(vlm, probe: VisionProbe, pixel_values, grid_thw, shape, colour):
+def stage_a_loss(vlm, probe: VisionProbe, pixel_values, grid_thw, shape, colour, boxes):
     tokens = visual_tokens(vlm, pixel_values, grid_thw)
-    shape_logits, colour_logits, row_logits, col_logits = probe(tokens)
+    shape_logits, colour_logits, row_logits, col_logits, box_pred = probe(tokens)
     row, col = (p.expand(len(tokens), -1) for p in grid_positions(grid_of(grid_thw)))
     loss_shape = F.cross_entropy(shape_logits.flatten(0, 1), shape.flatten())
     loss_colour = F.cross_entropy(colour_logits.flatten(0, 1), colour.flatten())
     loss_position = 0.5 * (F.cross_entropy(row_logits.flatten(0, 1), row.flatten())
                            + F.cross_entropy(col_logits.flatten(0, 1), col.flatten()))
-    loss = loss_shape + loss_colour + POSITION_WEIGHT * loss_position
-    return loss, {"shape_ce": loss_shape.item(), "colour_ce": loss_colour.item(), "position_ce": loss_position.item()}
+    owned = ~boxes.isnan().any(-1)                                                          # [B, G*G]
+    loss_box = F.l1_loss(box_pred[owned], boxes[owned]) if owned.any() else box_pred.sum() * 0
+    loss = loss_shape + loss_colour + POSITION_WEIGHT * loss_position + BOX_WEIGHT * loss_box
+    return loss, {"shape_ce": loss_shape.item(), "colour_ce": loss_colour.item(), "position_ce": loss_position.item(),
+                  "box_l1": loss_box.item()}
 
 
 @torch.no_grad()
 def probe_accuracy(vlm, probe: VisionProbe, processor, *, seed: int, scenes: int = 256, hard_fraction: float = 0.3,
                    batch_size: int = 32) -> dict[str, float]:
-    """Per-object shape and colour accuracy at each object's main token, on held-out scenes (a seed stage A never
-    trains on), and per-token accuracy including background."""
+    """Per-object shape and colour accuracy and box IoU at each object's main token, on held-out scenes (a seed
+    stage A never trains on), and per-token accuracy including background."""
     vlm.eval()
-    right = {"shape": 0, "colour": 0, "token_shape": 0, "position": 0}
+    right = {"shape": 0, "colour": 0, "token_shape": 0, "position": 0, "box_iou": 0.0}
     objects = tokens_seen = 0
     grid = None
     for step in range(math.ceil(scenes / batch_size)):
-        px, thw, shape, colour, mains, _ = scene_batch(processor, seed, step, batch_size, hard_fraction, grid or 7)
+        px, thw, shape, colour, boxes, mains, _ = scene_batch(processor, seed, step, batch_size, hard_fraction, grid or 7)
         if grid is None:
             grid = grid_of(thw)
-        logits_shape, logits_colour, logits_row, logits_col = probe(visual_tokens(vlm, px, thw))
+        logits_shape, logits_colour, logits_row, logits_col, box_pred = probe(visual_tokens(vlm, px, thw))
         pred_shape, pred_colour = logits_shape.argmax(-1), logits_colour.argmax(-1)
         row, col = grid_positions(grid)
         right["token_shape"] += int((pred_shape == shape).sum())
@@ -173,11 +186,18 @@ def probe_accuracy(vlm, probe: VisionProbe, processor, *, seed: int, scenes: int
             main = main[main >= 0]  # objects that own a token (a few are covered by a larger neighbour's cells)
             right["shape"] += int((pred_shape[b, main] == shape[b, main]).sum())
             right["colour"] += int((pred_colour[b, main] == colour[b, main]).sum())
+            right["box_iou"] += sum(box_iou(sorted_box(p), g) for p, g in zip(box_pred[b, main].tolist(), boxes[b, main].tolist()))
             objects += len(main)
     vlm.train()
     return {"probe_shape_acc": right["shape"] / objects, "probe_colour_acc": right["colour"] / objects,
             "probe_token_shape_acc": right["token_shape"] / tokens_seen,
-            "probe_token_position_acc": right["position"] / tokens_seen, "probe_objects": objects}
+            "probe_token_position_acc": right["position"] / tokens_seen, "probe_box_iou": right["box_iou"] / objects,
+            "probe_objects": objects}
+
+
+def sorted_box(box) -> list[float]:
+    """A predicted [x1, y1, x2, y2] read as a box whatever the order of its corners."""
+    return [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])]
 
 
 def learning_rate(cfg: StageA, step: int) -> float:
@@ -196,15 +216,16 @@ def run_stage_a(vlm, processor, cfg: StageA, *, start_step: int = 0, probe: Visi
     params = list(visual.parameters()) + list(probe.parameters())
     optimizer = optimizer or torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     grid = None
-    fresh = lambda: {"shape_ce": 0.0, "colour_ce": 0.0, "position_ce": 0.0, "n": 0}  # noqa: E731
+    fresh = lambda: {"shape_ce": 0.0, "colour_ce": 0.0, "position_ce": 0.0, "box_l1": 0.0, "n": 0}  # noqa: E731
     t0, window = time.perf_counter(), fresh()
     for step in range(start_step, cfg.steps):
-        px, thw, shape, colour, _, _ = scene_batch(processor, cfg.seed, step, cfg.batch_size, cfg.hard_fraction, grid or 7)
+        px, thw, shape, colour, boxes, _, _ = scene_batch(processor, cfg.seed, step, cfg.batch_size, cfg.hard_fraction,
+                                                          grid or 7)
         if grid is None:
             grid = grid_of(thw)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        loss, terms = stage_a_loss(vlm, probe, px, thw, shape, colour)
+        loss, terms = stage_a_loss(vlm, probe, px, thw, shape, colour, boxes)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -260,7 +281,7 @@ def load_stage_a(path, vlm, probe: VisionProbe, optimizer=None) -> int:
 
 def warm_start(vlm, probe: VisionProbe, folder) -> None:
     """A warm restart from an earlier stage A: the vision tower of the backbone in `folder` and the probe heads it
-    has (an older probe may lack the position heads). The language model and the tokenizer stay the preset's."""
+    has (an older probe may lack the position or box heads). The language model and the tokenizer stay the preset's."""
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -313,6 +334,7 @@ def stage_a_per_worker(loop_config: dict) -> None:
         if logger:
             logger.metrics(step, {f"stage_a/{k}": v for k, v in metrics.items()})
         print(f"stage A step {step}/{stage.steps} shape_ce {metrics['shape_ce']:.3f} colour_ce {metrics['colour_ce']:.3f} "
+              f"box_l1 {metrics['box_l1']:.3f} "
               f"({metrics['scenes_per_s']:.0f} scenes/s)", flush=True)
 
     def on_checkpoint(step, probe, optimizer):
@@ -435,6 +457,17 @@ def _example(sample: dict, sample_id: str):
     return example_from_record(record, max_steps=3)
 
 
+# The shapes of a stage A record that names none: the set before the rectangle replaced the hexagon (2026-12-04).
+LEGACY_SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
+
+
+def _other_shapes(entry: dict) -> str:
+    """'' when a stage A record trained on today's shapes, else what differed (a warm restart changes the set)."""
+    theirs = tuple(entry.get("shapes") or LEGACY_SHAPES)
+    gone, new = [s for s in theirs if s not in SHAPES], [s for s in SHAPES if s not in theirs]
+    return f"; scenes with a {', '.join(gone)} where the {', '.join(new)} is now" if gone or new else ""
+
+
 def model_card(summary: dict) -> str:
     a, b = summary.get("stage_a", {}), summary.get("stage_b", {})
     pa, pb = a.get("probes", {}), b.get("probes", {})
@@ -452,17 +485,20 @@ def model_card(summary: dict) -> str:
                          if e.get("steps") else "carried over unchanged (0 steps, the probes re-measured)")
     earlier = "".join(
         f"| A, earlier ({'warm restart from the row above' if i < len(chain) - 1 else 'from random weights'}; shape probe "
-        f"{pct(e.get('probes', e).get('probe_shape_acc'))}) | {trained(e)} | {e.get('steps')} | {e.get('wall_s')} s |\n"
+        f"{pct(e.get('probes', e).get('probe_shape_acc'))}{_other_shapes(e)}) | {trained(e)} | {e.get('steps')} | "
+        f"{e.get('wall_s')} s |\n"
         for i, e in reversed(list(enumerate(chain))))
     families = " and ".join(f"`{f.strip()}`" for f in str(b.get("families", "grounding")).split(","))
     stage_b_row = (f"| B | language model (vision tower fixed), paradigm `direct` on the {families} famil"
                    f"{'ies' if ' and ' in families else 'y'} "
                    f"({b.get('rows')} rows; `{b.get('config')}`) | {b.get('steps')} | {b.get('wall_s')} s |"
                    if b else "| B | not run for this copy | - | - |")
-    commands = [*r.get("commands", []), *summary.get("commands", [])]
+    # every command back to random weights, oldest first (each restart recorded the commands of the bundle it began from)
+    commands = [c for e in reversed(chain) for c in e.get("commands", [])] + summary.get("commands", [])
+    commands = list(dict.fromkeys(commands))
     a_what = ("the row above, carried over unchanged (0 steps: its tower and probe heads, the probes re-measured)"
               if r and not a.get("steps") else
-              f"vision tower + linear probe, dense per-token shape, colour, row and column labels, batch "
+              f"vision tower + linear probe, dense per-token shape, colour, row, column and object-box labels, batch "
               f"{a.get('batch_size')}, lr {a.get('lr', 2e-3):g}{', warm restart from the row above' if r else ''}")
     why_a = "" if stage == "b" else (
         " Stage B ran and did not teach the language model grounding at its budget, so it is not in this copy; its "
@@ -494,6 +530,7 @@ Probes on held-out scenes (70 % like the train split, 30 % like the hard split; 
 | per-object colour accuracy | {pct(pa.get('probe_colour_acc'))} | {pct(pb.get('probe_colour_acc'))} |
 | per-token shape accuracy, background included | {pct(pa.get('probe_token_shape_acc'))} | {pct(pb.get('probe_token_shape_acc'))} |
 | per-token row and column both right | {pct(pa.get('probe_token_position_acc'))} | {pct(pb.get('probe_token_position_acc'))} |
+| per-object box IoU, read linearly from its main token | {iou(pa.get('probe_box_iou'))} | {iou(pb.get('probe_box_iou'))} |
 | "What is at <box>?" answer accuracy | - | {pct(pb.get('grounding_what_is_at_acc'))} |
 | "Where is the ...?" mean box IoU | - | {iou(pb.get('grounding_where_is_mean_iou'))} |
 | "Where is the ...?" IoU >= 0.5 | - | {pct(pb.get('grounding_where_is_iou50'))} |

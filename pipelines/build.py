@@ -330,6 +330,7 @@ def build_traces(source: str, out: str, *, seed: int = 0, options: dict | None =
         "source": opts["name"],
         "reader": source,
         "schema_version": SCHEMA_VERSION,
+        "source_version": getattr(src, "VERSION", None),  # a generator's version: the same options, other rows
         "seed": seed,
         "options": {k: v for k, v in sorted(opts.items())},
         "output": public_uri(out),

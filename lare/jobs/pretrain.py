@@ -1,7 +1,7 @@
 """Pretrain the bundled tiny backbone so that it sees: `python jobs/pretrain.py [--stage a|b|all] [key=value ...]`.
 
 Stage A (lare/pretrain.py): the vision tower learns, from dense per-token labels of generated scenes, the shape and
-colour of what covers each merged token and the token's row and column; a one-worker Ray Train run with checkpoints
+colour of what covers each merged token, the token's row and column and its object's box; a one-worker Ray Train run with checkpoints
 (re-running resumes; --stage-a-init warm-restarts from an earlier tower, and the card then lists both runs).
 Stage B: the whole model learns paradigm-neutral grounding ("What is at <box>?", "Where is the red circle?",
 "List the objects in the top-left quarter.") with the training job itself (paradigm direct, the `grounding`
@@ -27,6 +27,7 @@ from pathlib import Path
 from lare.backbone import PRETRAINED
 from lare.cli import add_job_flags, main_guard, ray_for, run_cli, start
 from lare.config import load_config
+from pipelines.sources.refocus import SHAPES
 
 log = logging.getLogger("lare.pretrain")
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: stage B's config and the default tracking store
@@ -85,7 +86,7 @@ def stage_a(args, out: Path) -> dict:
     trainer.fit()
     probes = json.loads((out / "stage_a" / "probe" / "stage_a.json").read_text())
     return {"steps": stage.steps, "batch_size": stage.batch_size, "lr": stage.lr, "wall_s": round(time.time() - t0),
-            "init_from": args.stage_a_init or None, "restart_of": _lineage(init),
+            "init_from": args.stage_a_init or None, "restart_of": _lineage(init), "shapes": list(SHAPES),
             **{k: v for k, v in probes.items() if k.startswith("probe_")}}
 
 

@@ -37,6 +37,11 @@ def ensure_traces(cfg: Config) -> dict:
     if manifest is not None:
         built = manifest.get("options", {})
         differ = {k: (built.get(k), v) for k, v in cfg.data.source_options.items() if str(built.get(k)).lower() != str(v).lower()}
+        if cfg.data.source == "refocus":
+            from pipelines.sources.refocus import VERSION
+
+            if manifest.get("source_version") != VERSION:
+                differ["generator version"] = (manifest.get("source_version"), VERSION)
         if differ:
             raise SystemExit(f"error: the traces at {redact(cfg.data.traces_dir)} were built with other options than "
                              f"data.source_options (option: (built, asked)) {differ}; point data.traces_dir at a new "

@@ -29,7 +29,7 @@ def test_tiny_tokenizer_writes_numbers_digit_by_digit_as_qwen_does():
     digits = [p for p in pieces if p.isdigit()]
     assert all(len(p) == 1 for p in digits) and len(digits) == 13
     # the question words a trace uses are whole tokens (trained on the generator's own text)
-    for word in ("Where", " colour", " directly", " quarter", " hexagon"):
+    for word in ("Where", " colour", " directly", " quarter", " rectangle"):
         assert len(tok.encode(word, add_special_tokens=False)) == 1, word
 
 

@@ -12,7 +12,7 @@ from lare.backbone import load_backbone
 from lare.config import load_config
 from lare.pretrain import (BACKGROUND_SHAPE, StageA, VisionProbe, draw_scene, object_index_map, probe_accuracy,
                            run_stage_a, token_labels)
-from pipelines.sources.refocus import SHAPES
+from pipelines.sources.refocus import SHAPES, tight_box
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_token_labels_name_the_object_that_covers_each_cell():
     rng = np.random.default_rng(0)
     for _ in range(20):
         scene = draw_scene(rng)
-        shape, colour, main = token_labels(scene, grid=7)
+        shape, colour, main, box = token_labels(scene, grid=7)
         index = object_index_map(scene)
         for n, obj in enumerate(scene.objects):
             x1, y1, x2, y2 = obj["box"]
@@ -32,9 +32,11 @@ def test_token_labels_name_the_object_that_covers_each_cell():
             cell = index[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32]
             assert (cell == n + 1).sum() == max((cell == k).sum() for k in range(1, len(scene.objects) + 1))
             assert SHAPES[shape[main[n]]] == obj["shape"]
+            np.testing.assert_allclose(box[main[n]] * 224, tight_box(obj), atol=1e-3)  # the object's own box
         assert (main >= 0).mean() > 0.8
         labelled = shape != BACKGROUND_SHAPE
         assert 0 < labelled.sum() <= 4 * len(scene.objects) and (colour[~labelled] == 8).all()
+        assert np.isnan(box[~labelled]).all() and not np.isnan(box[labelled]).any()
 
 
 def test_a_short_stage_a_makes_the_colour_probe_rise():
@@ -46,6 +48,8 @@ def test_a_short_stage_a_makes_the_colour_probe_rise():
     after = probe_accuracy(vlm, probe, processor, seed=1000, scenes=64)
     assert after["probe_colour_acc"] > max(0.5, before["probe_colour_acc"] + 0.3), (before, after)
     assert after["probe_token_shape_acc"] > before["probe_token_shape_acc"]
+    # the box head learns where (IoU is harsh this early: about 0.015 after 120 steps, from 0.0006)
+    assert after["probe_box_iou"] > max(0.01, 5 * before["probe_box_iou"]), (before, after)
 
 
 @pytest.mark.slow
@@ -78,7 +82,8 @@ def test_the_bundled_backbone_sees_shapes_on_fresh_scenes():
     folder = PRETRAINED["tiny-qwen3-vl-pretrained"]
     card = json.loads((folder / "pretrain.json").read_text())
     probes = vision_probes(folder, folder, seed=424242, scenes=128)
-    assert probes["probe_shape_acc"] >= 0.78 and probes["probe_colour_acc"] >= 0.97, probes
+    assert probes["probe_shape_acc"] >= 0.88 and probes["probe_colour_acc"] >= 0.97, probes
+    assert probes["probe_box_iou"] >= 0.35, probes  # and where its object is, inside the token's cell
     assert probes["probe_token_position_acc"] >= 0.95, probes  # where a token sits stays readable
     assert abs(probes["probe_shape_acc"] - card["probes"]["probe_shape_acc"]) < 0.06
     vlm, processor = load_backbone(load_config(None, ["model.backbone=tiny-qwen3-vl-pretrained"]).model)

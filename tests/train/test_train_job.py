@@ -1,6 +1,7 @@
 """jobs/train.py end to end on CPU: FSDP2 on 2 gloo workers, a killed worker and an exact resume,
 S3 storage through a real moto_server, tracking against a real mlflow server, and the clear errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,25 @@ def test_traces_built_with_other_source_options_are_refused(traces):
     other = load_config(None, [f"data.traces_dir={traces}", "data.source_options={colour_only: true}"])
     with pytest.raises(SystemExit, match=r"other options .*'colour_only': \(False, True\)"):
         ensure_traces(other)
+
+
+def test_traces_of_an_older_generator_are_refused(traces, tmp_path):
+    """The same seed and options draw other rows when the generator changes (the hexagon became a rectangle):
+    traces of another generator version are refused, not trained on."""
+    import shutil
+
+    from lare.config import load_config
+    from lare.train.launch import ensure_traces
+    from pipelines.sources.refocus import VERSION
+
+    old = tmp_path / "old-traces"
+    shutil.copytree(traces, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["source_version"] == VERSION
+    (old / "manifest.json").write_text(json.dumps(dict(manifest, source_version=VERSION - 1)))
+    cfg = load_config(None, [f"data.traces_dir={old}", "data.source_options={num_train: 48, colour_only: false}"])
+    with pytest.raises(SystemExit, match=rf"'generator version': \({VERSION - 1}, {VERSION}\)"):
+        ensure_traces(cfg)
 
 
 def test_bad_config_is_a_clear_error():
