@@ -117,3 +117,8 @@ def test_the_model_card_lists_every_warm_restart_back_to_random_weights():
     assert [r.split("|")[3].strip() for r in rows] == ["6000", "5000", "0"]
     assert "from random weights; shape probe 79.2 %" in rows[0] and "warm restart from the row above" in rows[1]
     assert "`cmd-1`; `cmd-2`; `cmd-3`" in card
+    # records from before the rectangle replaced the hexagon say so; a record of today's shapes says nothing
+    assert all("a hexagon where the rectangle is now" in r for r in rows[:2])
+    summary["stage_a"]["restart_of"]["shapes"] = list(SHAPES)
+    rows = [line for line in model_card(summary).splitlines() if line.startswith("| A")]
+    assert "hexagon" in rows[0] and "hexagon" not in rows[1]
