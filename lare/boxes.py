@@ -33,6 +33,11 @@ def check_box(box, where: str) -> list[float]:
     return vals
 
 
+def ordered_corners(box) -> list[float]:
+    """Two opposite corners [xa, ya, xb, yb], in either order, as [x1, y1, x2, y2] (possibly of zero area)."""
+    return [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])]
+
+
 def box_iou(a, b) -> float:
     """IoU of two normalised [x1, y1, x2, y2] boxes (0 for disjoint or degenerate ones)."""
     w = min(a[2], b[2]) - max(a[0], b[0])

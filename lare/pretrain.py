@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from lare.boxes import box_iou
+from lare.boxes import box_iou, ordered_corners
 from pipelines.sources.refocus import COLOUR_NAMES, SHAPES, Scene, draw_object, render, tight_box
 
 BACKGROUND_SHAPE, BACKGROUND_COLOUR = len(SHAPES), len(COLOUR_NAMES)
@@ -186,18 +186,13 @@ def probe_accuracy(vlm, probe: VisionProbe, processor, *, seed: int, scenes: int
             main = main[main >= 0]  # objects that own a token (a few are covered by a larger neighbour's cells)
             right["shape"] += int((pred_shape[b, main] == shape[b, main]).sum())
             right["colour"] += int((pred_colour[b, main] == colour[b, main]).sum())
-            right["box_iou"] += sum(box_iou(sorted_box(p), g) for p, g in zip(box_pred[b, main].tolist(), boxes[b, main].tolist()))
+            right["box_iou"] += sum(box_iou(ordered_corners(p), g) for p, g in zip(box_pred[b, main].tolist(), boxes[b, main].tolist()))
             objects += len(main)
     vlm.train()
     return {"probe_shape_acc": right["shape"] / objects, "probe_colour_acc": right["colour"] / objects,
             "probe_token_shape_acc": right["token_shape"] / tokens_seen,
             "probe_token_position_acc": right["position"] / tokens_seen, "probe_box_iou": right["box_iou"] / objects,
             "probe_objects": objects}
-
-
-def sorted_box(box) -> list[float]:
-    """A predicted [x1, y1, x2, y2] read as a box whatever the order of its corners."""
-    return [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])]
 
 
 def learning_rate(cfg: StageA, step: int) -> float:

@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from lare.answers import answer_span
+from lare.boxes import ordered_corners
 
 LARE_START, LARE_LATENT, LARE_END = "<|lare_start|>", "<|lare_latent|>", "<|lare_end|>"
 LARE_TOKENS = [LARE_START, LARE_LATENT, LARE_END]
@@ -67,7 +68,7 @@ def parse_box(text: str, corners: bool = False) -> list[float] | None:
         return None
     x1, y1, x2, y2 = (min(1000, int(v)) / 1000 for v in m.groups())
     if corners:
-        return [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
+        return ordered_corners([x1, y1, x2, y2])
     if x2 <= x1 or y2 <= y1:
         return None
     return [x1, y1, x2, y2]
